@@ -1,0 +1,7 @@
+import sys
+from pathlib import Path
+
+# run from a source checkout without installing, too
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
