@@ -13,7 +13,8 @@ class UserError(click.ClickException):
     def show(self, file=None) -> None:  # one line, no "Usage:" block
         from nanotune.console import err_console
 
-        err_console.print(f"[bold red]error:[/] {self.format_message()}", markup=True, highlight=False)
+        err_console.print(f"[bold red]error:[/] {self.format_message()}", markup=True, highlight=False,
+                          soft_wrap=True)
 
 
 class NotBuiltError(UserError):

@@ -1,0 +1,320 @@
+"""`nanotune trace`: make, convert and summarize workload traces (a thin layer over `workloads`).
+
+One source, then optional steps, then one or more outputs:
+
+    source    --dataset NAME (synthetic: constant, random, sharegpt, lmsys, splitwise)
+              | --from FILE  | --stats FILE   (any format `workloads.readers` reads)
+    steps     --filter F, -n N (first N after the filter), arrivals (--rate/--burstiness,
+              --time-scale, --offline)
+    outputs   -o FILE (our JSONL), --stats (table, or --json), --plot PNG
+
+    nanotune trace --dataset sharegpt -n 10000 --seed 1 --stats
+    nanotune trace --dataset splitwise -n 2000 --rate measured -o splitwise.jsonl
+    nanotune trace --from ShareGPT_V3.json --tokenizer ./llama3 --filter vllm -n 1000 -o sharegpt.jsonl
+    nanotune trace --stats azure_conv.csv --reference sharegpt --json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from nanotune.console import console, err_console
+from nanotune.errors import UserError
+
+STATS_OF_RESULT = "\0"  # --stats given without a FILE: summarize the trace this command makes
+DEFAULT_NUM_REQUESTS = 1000
+REFERENCE_DRAWS = 100_000
+"""Draws standing for a dataset named as --reference (stratified, so they trace its calibrated curve)."""
+
+
+class _OneLineErrors(click.Command):
+    """Bad option values become one `error:` line with exit 2, like every other user mistake."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise UserError(e.format_message()) from None
+
+
+@click.command(name="trace", cls=_OneLineErrors)
+@click.option(
+    "-d", "--dataset", metavar="NAME", help="Synthetic dataset: constant, random, sharegpt, lmsys, splitwise."
+)
+@click.option(
+    "--from", "source", metavar="FILE", help="Read a real trace file (converted to our JSONL with -o)."
+)
+@click.option(
+    "--stats",
+    is_flag=False,
+    flag_value=STATS_OF_RESULT,
+    default=None,
+    metavar="[FILE]",
+    help="Print statistics: of FILE, or (no FILE) of the trace made from --dataset/--from.",
+)
+@click.option(
+    "-n",
+    "--num-requests",
+    type=click.IntRange(min=0),
+    help=f"Requests to generate (default {DEFAULT_NUM_REQUESTS}) or to keep from a file (default all).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of lengths and arrivals.")
+@click.option(
+    "--filter",
+    "filter_spec",
+    default="none",
+    show_default=True,
+    metavar="F",
+    help="none | vllm (vLLM's ShareGPT rule) | max-len:N (truncate prompts to fit N).",
+)
+@click.option(
+    "--rate",
+    metavar="R",
+    help="Arrivals per second (Poisson, gamma with --burstiness); 'measured' "
+    "uses the source's real rate and CV; 'inf' means offline.",
+)
+@click.option("--burstiness", type=float, help="Gamma shape of inter-arrival gaps: 1 Poisson, <1 burstier.")
+@click.option("--time-scale", type=float, help="Replay the file's timestamps multiplied by this factor.")
+@click.option("--offline", is_flag=True, help="All requests at t=0, even if the file has timestamps.")
+@click.option(
+    "--input-len", type=click.IntRange(min=1), help="constant/random: prompt length (default 1024)."
+)
+@click.option(
+    "--output-len", type=click.IntRange(min=1), help="constant/random: output length (default 512)."
+)
+@click.option("--range-ratio", type=float, help="random: spread of lengths, see --range-style (default 0).")
+@click.option(
+    "--range-style",
+    type=click.Choice(["vllm", "sglang"]),
+    help="random: vllm = uniform in [L(1-r), L(1+r)] (default); sglang = uniform in [L*r, L].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="auto",
+    show_default=True,
+    help="Input format: auto, jsonl, sharegpt, lmsys, azure (splitwise), burstgpt, mooncake.",
+)
+@click.option(
+    "--tokenizer",
+    metavar="PATH",
+    help="Local Hugging Face tokenizer folder for text formats (default: ~4 characters per token).",
+)
+@click.option(
+    "--reference", metavar="FILE|NAME", help="With --stats: compare with this file or dataset (KS)."
+)
+@click.option("--json", "as_json", is_flag=True, help="With --stats: print JSON instead of a table.")
+@click.option(
+    "--plot", type=click.Path(dir_okay=False), metavar="PNG", help="Write a histogram of the lengths."
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), metavar="FILE", help="Write the trace (JSONL)."
+)
+def command(
+    dataset,
+    source,
+    stats,
+    num_requests,
+    seed,
+    filter_spec,
+    rate,
+    burstiness,
+    time_scale,
+    offline,
+    input_len,
+    output_len,
+    range_ratio,
+    range_style,
+    fmt,
+    tokenizer,
+    reference,
+    as_json,
+    plot,
+    output,
+):
+    """Make a workload trace, convert a real one, or print a trace's statistics."""
+    import workloads
+
+    stats_file = stats if stats not in (None, STATS_OF_RESULT) else None
+    given = [
+        name
+        for name, value in (("--dataset", dataset), ("--from", source), ("--stats FILE", stats_file))
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise UserError(
+            "give exactly one source: --dataset NAME, --from FILE or --stats FILE"
+            + (f" (got {', '.join(given)})" if given else "")
+        )
+    if stats is None and output is None and plot is None:
+        raise UserError(
+            "nothing to do: add -o FILE to write the trace, --stats to print its statistics, or --plot"
+        )
+    for flag, value in (("--reference", reference), ("--json", as_json or None)):
+        if value is not None and stats is None:
+            raise UserError(f"{flag} goes with --stats")
+    gen_params = dict(
+        input_len=input_len, output_len=output_len, range_ratio=range_ratio, range_style=range_style
+    )
+    gen_params = {k: v for k, v in gen_params.items() if v is not None}
+
+    if dataset is not None:
+        if tokenizer is not None:
+            raise UserError("--tokenizer applies to files with text, not to --dataset")
+        n = DEFAULT_NUM_REQUESTS if num_requests is None else num_requests
+        trace = workloads.generate(dataset, n, seed, filter=filter_spec, **gen_params)
+        measured = workloads.measured_arrivals(dataset)
+    else:
+        if gen_params:
+            raise UserError(
+                f"{', '.join('--' + k.replace('_', '-') for k in gen_params)} apply to --dataset only"
+            )
+        path = stats_file or source
+        trace = workloads.read_trace(path, fmt, tokenizer)
+        trace = workloads.apply_filter(trace, filter_spec).head(num_requests)
+        rate_, cv = workloads.arrival_stats(trace.arrivals)
+        measured = {"rate": rate_, "cv": cv} if rate_ and cv else None
+    trace = workloads.resolve_arrivals(
+        trace,
+        rate=rate,
+        burstiness=burstiness,
+        time_scale=time_scale,
+        offline=offline,
+        seed=seed,
+        measured=measured,
+    )
+
+    out = err_console if as_json else console  # keep stdout pure JSON under --json
+    if output is not None:
+        workloads.save_jsonl(trace, output)
+        out.print(f"wrote {len(trace):,} requests to {output}", highlight=False)
+    ref_trace, ref_label = _reference(reference, tokenizer) if reference is not None else (None, None)
+    if stats is not None:
+        result = workloads.trace_stats(trace, ref_trace)
+        if as_json:
+            console.print(json.dumps(result.as_dict()), markup=False, highlight=False, soft_wrap=True)
+        elif ref_trace is not None:
+            _print_stats(trace, result, workloads.trace_stats(ref_trace), ref_label)
+        else:
+            embedded = _embedded_reference(dataset) if dataset else None
+            _print_stats(trace, result, embedded, embedded and embedded["label"])
+    if plot is not None:
+        _plot(trace, ref_trace, plot, ref_label)
+        out.print(f"wrote plot to {plot}", highlight=False)
+
+
+def _reference(spec: str, tokenizer):
+    """(trace, label) of a file in any format, else of a dataset name (REFERENCE_DRAWS draws, seed 0)."""
+    import workloads
+
+    if Path(spec).exists():
+        return workloads.read_trace(spec, "auto", tokenizer), spec
+    if spec in workloads.dataset_names():
+        label = f"{spec} ({REFERENCE_DRAWS:,} draws, seed 0)"
+        return workloads.generate(spec, REFERENCE_DRAWS, seed=0), label
+    raise UserError(
+        f"--reference {spec}: no such file, and not a dataset ({', '.join(workloads.dataset_names())})"
+    )
+
+
+def _embedded_reference(dataset: str) -> dict | None:
+    """The real file's figures shipped with a calibrated dataset, so its --stats shows how close it is."""
+    from workloads.calibration import calibrated_names, dataset_entry
+
+    if dataset not in calibrated_names():
+        return None
+    entry = dataset_entry(dataset)
+    label = f"{entry['source']['file']} (figures embedded by scripts/calibrate_traces.py)"
+    return {**entry["reference"], "label": label}
+
+
+def _num(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) or float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+def _print_stats(trace, result, ref, ref_label):
+    """Length statistics as a rich table (with the reference and the difference), then a summary."""
+    from rich.table import Table
+
+    def get(obj, side, key):
+        part = obj.get(side) if isinstance(obj, dict) else getattr(obj, side)
+        if part is None:
+            return None
+        return part.get(key) if isinstance(part, dict) else getattr(part, key)
+
+    table = Table(title=f"{trace.meta.get('source', 'trace')}", title_justify="left")
+    table.add_column("tokens")
+    for side in ("prompt_len", "output_len"):
+        table.add_column(side, justify="right")
+        if ref is not None:
+            table.add_column("reference", justify="right", style="dim")
+            table.add_column("diff", justify="right")
+    for key in ("mean", "p50", "p90", "p99", "max"):
+        row = [key]
+        for side in ("prompt_len", "output_len"):
+            mine = get(result, side, key)
+            row.append(_num(mine))
+            if ref is not None:
+                theirs = get(ref, side, key)
+                row.append(_num(theirs))
+                # A sample's max grows with its size, so its difference to the reference's says little.
+                comparable = mine is not None and theirs and key != "max"
+                row.append(f"{(mine - theirs) / theirs:+.1%}" if comparable else "")
+        table.add_row(*row)
+    console.print(table)
+    flt = trace.meta.get("filter") or {"spec": "none"}
+    lines = [
+        f"count {result.count:,}",
+        f"filter {flt.get('spec')} "
+        f"(dropped {flt.get('dropped', 0):,}, truncated {flt.get('truncated', 0):,})",
+        "arrivals offline"
+        if result.rate is None
+        else f"rate {result.rate:.3g} req/s, inter-arrival CV {_num(result.cv)}",
+    ]
+    if ref_label:
+        lines.append(f"reference: {ref_label}")
+    if result.ks is not None:
+        lines.append(
+            f"KS distance: prompt_len {result.ks['prompt_len']:.4f}, output_len {result.ks['output_len']:.4f}"
+        )
+    console.print("\n".join(lines), highlight=False)
+
+
+def _plot(trace, ref_trace, path, ref_label):
+    """Histograms of prompt and output lengths on log-spaced bins, the reference overlaid as a line.
+
+    Bars are fractions of requests per bin, not densities: on log-spaced bins a density hides the tail.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, side in zip(axes, ("prompt_lens", "output_lens"), strict=True):
+        values = getattr(trace, side)
+        ref = getattr(ref_trace, side) if ref_trace is not None else np.zeros(0)
+        top = max(int(values.max()) if len(values) else 1, int(ref.max()) if len(ref) else 1, 2)
+        bins = np.unique(np.geomspace(1, top + 1, 60).astype(int))
+        weights = np.full(len(values), 1.0 / max(len(values), 1))
+        ax.hist(values, bins=bins, weights=weights, alpha=0.6, label=f"trace ({len(values):,})")
+        if len(ref):
+            ref_weights = np.full(len(ref), 1.0 / len(ref))
+            ax.hist(ref, bins=bins, weights=ref_weights, histtype="step", linewidth=1.5, label=ref_label)
+        ax.set_xscale("log")
+        ax.set_xlabel(side.replace("_lens", " length (tokens)"))
+        ax.set_ylabel("fraction of requests")
+        ax.legend(fontsize=8)
+    fig.suptitle(str(trace.meta.get("source", "trace")), fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,94 @@
+"""Readers for the conversation datasets, which carry text rather than token counts.
+
+ShareGPT (`[{"id", "conversations": [{"from", "value"}, ...]}]`) and LMSYS-Chat-1M (`{"conversation":
+[{"role", "content"}, ...]}`, as a JSON array or JSON Lines). As vLLM's benchmark does, each conversation
+gives one request: the prompt is the first human turn and the output is the turn that answers it; later
+turns are ignored. Conversations without such a pair (empty, or a human turn with no reply) are skipped
+and counted in meta["num_skipped"]. Text becomes token counts through `workloads.tokens.TokenCounter`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workloads.parsing import fail, iter_json_array, iter_jsonl, require
+from workloads.tokens import TokenCounter
+from workloads.trace import Trace, TraceRequest
+
+SHAREGPT_HUMAN = frozenset({"human", "user"})
+"""Speaker tags of the asking side in ShareGPT dumps; any other tag (gpt, chatgpt, bard, bing) answers."""
+
+
+def read_sharegpt(path: str | Path, text: str, counter: TokenCounter) -> Trace:
+    pairs, skipped = [], 0
+    for line, entry in _records(path, text):
+        turns = require(entry, "conversations", path, line)
+        pair = _first_exchange(turns, path, line, "conversations", "from", "value", _sharegpt_roles)
+        if pair is None:
+            skipped += 1
+        else:
+            pairs.append(pair)
+    return _to_trace(path, "sharegpt", pairs, skipped, counter)
+
+
+def read_lmsys(path: str | Path, text: str, counter: TokenCounter) -> Trace:
+    pairs, skipped = [], 0
+    for line, entry in _records(path, text):
+        turns = require(entry, "conversation", path, line)
+        pair = _first_exchange(turns, path, line, "conversation", "role", "content", _lmsys_roles)
+        if pair is None:
+            skipped += 1
+        else:
+            pairs.append(pair)
+    return _to_trace(path, "lmsys", pairs, skipped, counter)
+
+
+def _sharegpt_roles(speaker: str) -> str:
+    return "ask" if speaker.lower() in SHAREGPT_HUMAN else "answer"
+
+
+def _lmsys_roles(role: str) -> str:
+    return {"user": "ask", "assistant": "answer"}.get(role.lower(), "other")
+
+
+def _records(path, text):
+    """JSON array or JSON Lines, whichever the text is."""
+    if text.lstrip().startswith("["):
+        return iter_json_array(path, text)
+    return iter_jsonl(path, text)
+
+
+def _first_exchange(turns, path, line, field, who_key, text_key, role_of):
+    """(prompt text, output text) of the first asking turn and the answer right after it, or None."""
+    if not isinstance(turns, list):
+        raise fail(path, line, f"expected a list of turns, got {type(turns).__name__}", field)
+    for i, turn in enumerate(turns):
+        where = f"{field}[{i}]"
+        if not isinstance(turn, dict):
+            raise fail(path, line, f"expected a JSON object, got {type(turn).__name__}", where)
+        for key in (who_key, text_key):
+            if key not in turn:
+                raise fail(path, line, "missing", f"{where}.{key}")
+            if not isinstance(turn[key], str):
+                raise fail(path, line, f"expected a string, got {type(turn[key]).__name__}", f"{where}.{key}")
+    for i in range(len(turns) - 1):
+        if role_of(turns[i][who_key]) == "ask" and role_of(turns[i + 1][who_key]) == "answer":
+            return turns[i][text_key], turns[i + 1][text_key]
+    return None
+
+
+def _to_trace(path, fmt: str, pairs: list[tuple[str, str]], skipped: int, counter: TokenCounter) -> Trace:
+    prompts = [p for p, _ in pairs]
+    outputs = [o for _, o in pairs]
+    ids = counter.prompt_ids(prompts)
+    prompt_lens = [len(i) for i in ids] if counter.is_exact else counter.count_prompts(prompts)
+    output_lens = counter.count_outputs(outputs)
+    requests = [TraceRequest(0.0, p, o, i) for p, o, i in zip(prompt_lens, output_lens, ids, strict=True)]
+    meta = {
+        "source": str(path),
+        "format": fmt,
+        "tokens": counter.describe(),
+        "num_skipped": skipped,
+        "count": len(requests),
+    }
+    return Trace(requests, meta)
