@@ -93,6 +93,8 @@ class EngineConfig:
     attention_backend: str = "auto"  # "auto" (triton on CUDA, torch on CPU) | "triton" | "torch"
     plan: str | None = None  # PipelinePlan JSON path; None = the sequential plan
     use_cuda_graphs: bool = True
+    time_ops_every: int = 0  # every Nth iteration runs eagerly with per-op CUDA-event timings (0 = never)
+    poison_kv_cache: bool = False  # fill the cache with NaN first (tests catch reads of unwritten slots)
     keep_logits: bool = False  # return each sampled token's logits (tests compare them with HF)
 
     def replace(self, **kw) -> EngineConfig:
@@ -122,7 +124,7 @@ def model_config_from_hf(path: str | Path) -> ModelConfig:
     try:
         raw = json.loads(cfg_file.read_text())
     except FileNotFoundError:
-        raise EngineConfigError(f"{cfg_file}: no such file (expected a Hugging Face checkpoint directory)")
+        raise EngineConfigError(f"{cfg_file}: no such file (expected a Hugging Face checkpoint directory)") from None
     except json.JSONDecodeError as e:
         raise EngineConfigError(f"{cfg_file}:{e.lineno}: invalid JSON ({e.msg})") from None
     model_type = raw.get("model_type", "llama")

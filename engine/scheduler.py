@@ -196,7 +196,7 @@ class Scheduler:
         """Advance each scheduled request by what ran; append sampled tokens; finish and free."""
         outputs = []
         eos = set(self.config.eos_token_ids)
-        for seq, tok in zip(batch.seqs, sampled):
+        for seq, tok in zip(batch.seqs, sampled, strict=True):
             req = seq.request
             req.num_computed_tokens = seq.start + seq.num_tokens
             if not seq.samples:

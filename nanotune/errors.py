@@ -11,9 +11,11 @@ class UserError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:  # one line, no "Usage:" block
+        from rich.markup import escape
+
         from nanotune.console import err_console
 
-        err_console.print(f"[bold red]error:[/] {self.format_message()}", markup=True, highlight=False,
+        err_console.print(f"[bold red]error:[/] {escape(self.format_message())}", markup=True, highlight=False,
                           soft_wrap=True)
 
 

@@ -1,12 +1,133 @@
-"""`nanotune bench` (not built yet)."""
+"""`nanotune bench`: replay a trace through an engine, the Hugging Face peer or an OpenAI-compatible
+server, and report throughput, latency and % of optimal. Thin over nanotune.bench.session.bench."""
+
+from __future__ import annotations
+
+import math
 
 import click
 
-from nanotune.errors import NotBuiltError
+from nanotune.errors import UserError
+
+CPU_DEFAULT_MODEL, GPU_DEFAULT_MODEL = "tiny-llama", "llama-3-8b"
+CPU_DEFAULT_NUM_REQUESTS, DEFAULT_NUM_REQUESTS = 64, 1000
+CPU_DEFAULT_CAPS = (256, 64)  # prompt, output: the first CPU run must finish in well under two minutes
 
 
-@click.command(name="bench", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def command(args):
-    """Not built yet: says so and exits 2."""
-    raise NotBuiltError("'nanotune bench' is not built yet")
+def _rates(text: str | None) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        rates = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--sweep-rate '{text}': expected comma-separated rates, e.g. 1,2,4,8") from None
+    if not rates or any(r <= 0 or math.isnan(r) for r in rates):
+        raise UserError(f"--sweep-rate '{text}': rates must be positive")
+    return tuple(sorted(rates))
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@click.command(name="bench")
+@click.option("--trace", default="sharegpt", show_default=True,
+              help="Dataset name (sharegpt, lmsys, splitwise, constant, random) or a trace file.")
+@click.option("-n", "--num-requests", type=click.IntRange(min=1),
+              help="Requests to replay [default: 64 on CPU, 1000 on GPU; a file: all].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--filter", "trace_filter", help="Generated datasets: length filter (e.g. vllm).")
+@click.option("--input-len", type=click.IntRange(min=1), help="constant/random datasets: prompt length.")
+@click.option("--output-len", type=click.IntRange(min=1), help="constant/random datasets: output length.")
+@click.option("--range-ratio", type=float, help="random dataset: length range ratio.")
+@click.option("--model", help="Model preset [default: tiny-llama on CPU, llama-3-8b on GPU]; "
+                              "with --endpoint: the served model's name.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--dtype", help="auto | bfloat16 | float16 | float32")
+@click.option("--engine", type=click.Choice(["nanoflow", "sequential", "hf"]), default="nanoflow",
+              show_default=True, help="In-process engine; hf = transformers continuous batching.")
+@click.option("--plan", type=click.Path(exists=True, dir_okay=False), help="Pipeline plan JSON (nanoflow).")
+@click.option("--endpoint", metavar="URL", help="OpenAI-compatible server instead of an in-process engine.")
+@click.option("--mode", type=click.Choice(["offline", "online"]), default="offline", show_default=True,
+              help="offline: all at t=0; online: the trace's timestamps or --request-rate.")
+@click.option("--request-rate", type=float, help="Online: requests/s (inf = all at once).")
+@click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Gamma shape of the arrival gaps (1 = Poisson, < 1 burstier).")
+@click.option("--max-concurrency", type=click.IntRange(min=1), help="At most this many requests in flight.")
+@click.option("--num-warmups", type=click.IntRange(min=0), default=4, show_default=True)
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs to average (mean and 95% CI).")
+@click.option("--sweep-rate", metavar="R1,R2,...", help="Throughput-latency curve over these rates.")
+@click.option("--goodput", multiple=True, metavar="NAME:MS",
+              help="SLOs, e.g. --goodput 'ttft:200 tpot:50' (ttft, tpot, e2el in ms).")
+@click.option("--slo-attainment", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+              help="Sweep: share of requests that must meet the SLOs.")
+@click.option("--max-prompt-len", type=click.IntRange(min=0), help="Cap prompt lengths (0: none).")
+@click.option("--max-output-len", type=click.IntRange(min=0), help="Cap output lengths (0: none).")
+@click.option("--hf-attn", default="sdpa", show_default=True, help="--engine hf attention implementation.")
+@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True),
+              help="Use this peak instead of measuring one (e.g. a remote endpoint's GPU).")
+@click.option("--num-params", type=click.FloatRange(min=1), help="Endpoint: parameters per GPU.")
+@click.option("--vocab-size", type=click.IntRange(min=2), help="Endpoint: random prompt ids below this.")
+@click.option("--results-dir", type=click.Path(file_okay=False), envvar="NANOTUNE_RESULTS",
+              help="Where run directories go [default: ./results; env NANOTUNE_RESULTS].")
+@click.option("--no-progress", is_flag=True, help="No live view.")
+def command(**o):
+    """Replay a trace and report throughput, latency and % of optimal (vLLM bench serve's metric names)."""
+    from nanotune.bench.config import BenchConfig
+    from nanotune.bench.metrics import parse_goodput
+    from nanotune.bench.requests import LengthCaps
+    from nanotune.bench.session import bench, is_trace_file
+    from nanotune.bench.view import summary_table, sweep_table
+    from nanotune.console import console, err_console
+
+    engine = "endpoint" if o["endpoint"] else o["engine"]
+    device = o["device"]
+    if device == "auto":
+        device = "cuda" if engine != "endpoint" and _has_gpu() else "cpu"
+    on_cpu = device == "cpu" and engine != "endpoint"
+    model = o["model"]
+    if model is None and engine != "endpoint":
+        model = CPU_DEFAULT_MODEL if on_cpu else GPU_DEFAULT_MODEL
+    n = o["num_requests"]
+    if n is None and not is_trace_file(o["trace"]):
+        n = CPU_DEFAULT_NUM_REQUESTS if on_cpu else DEFAULT_NUM_REQUESTS
+    caps = [o["max_prompt_len"], o["max_output_len"]]
+    if on_cpu and not o["model"]:
+        caps = [c if c is not None else d for c, d in zip(caps, CPU_DEFAULT_CAPS, strict=True)]
+        err_console.print(f"[dim]no GPU: {model}, {n or 'all'} requests, lengths capped at {caps[0] or '-'} "
+                          f"in / {caps[1] or '-'} out (--model, -n, --max-*-len change it)[/]")
+    try:
+        cfg = BenchConfig(
+            trace=o["trace"], num_requests=n, seed=o["seed"], mode=o["mode"], request_rate=o["request_rate"],
+            burstiness=o["burstiness"], max_concurrency=o["max_concurrency"], num_warmups=o["num_warmups"],
+            repeat=o["repeat"], sweep_rates=_rates(o["sweep_rate"]), slos=parse_goodput(o["goodput"]),
+            slo_attainment=o["slo_attainment"], caps=LengthCaps(caps[0] or None, caps[1] or None),
+            engine=engine, model=model, device=device, dtype=o["dtype"], plan=o["plan"],
+            endpoint=o["endpoint"], hf_attn=o["hf_attn"], peak_tflops=o["peak_tflops"],
+            vocab_size=o["vocab_size"], num_params=o["num_params"])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if cfg.sweep_rates and cfg.request_rate is not None:
+        raise UserError("give either --request-rate or --sweep-rate, not both")
+
+    trace_params = {k: o[k] for k in ("input_len", "output_len", "range_ratio") if o[k] is not None}
+    if o["trace_filter"]:
+        trace_params["filter"] = o["trace_filter"]
+    result, run_dir = bench(cfg, results_dir=o["results_dir"], progress=not o["no_progress"],
+                            trace_params=trace_params)
+
+    console.print(summary_table(result))
+    if (table := sweep_table(result)) is not None:
+        console.print(table)
+    if result["peak"]:
+        console.print(f"[dim]peak: {result['peak']['label']} = {result['peak']['tflops']:,.1f} TFLOP/s[/]")
+    console.print(f"wrote {run_dir / 'result.json'} and {run_dir / 'requests.csv'}", highlight=False)
+    if result["error"]:
+        err_console.print(f"[bold red]engine error:[/] {result['error']}", highlight=False)
+        raise SystemExit(1)
+    if result["partial"]:
+        err_console.print("[yellow]interrupted: the result is partial (marked so in result.json)[/]")
+        raise SystemExit(130)

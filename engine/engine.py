@@ -1,0 +1,169 @@
+"""LLMEngine: add_request / step / generate. One step = schedule() -> run() -> postprocess()."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig, ModelConfig, model_config_from_hf
+from engine.errors import EngineConfigError
+from engine.presets import get_preset
+from engine.request import Request, RequestOutput, SamplingParams
+from engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+
+
+@dataclass
+class StepStats:
+    num_tokens: int
+    num_decode: int
+    num_prefill_tokens: int
+    host_s: float  # scheduling + postprocess (Python) time
+    run_s: float  # input build + forward + sampling, to the sampled tokens on the host
+
+
+class OpProfile:
+    """Per-op GPU time summed over layers, accumulated over sampled iterations (CUDA events)."""
+
+    def __init__(self):
+        self.num_iterations = 0
+        self.op_ms: dict[str, float] = {}
+        self.iteration_ms = 0.0
+        self.tokens = 0
+        self.decode_seqs = 0
+
+    def add(self, batch: ScheduledBatch, timings: list) -> None:
+        self.num_iterations += 1
+        self.tokens += batch.num_tokens
+        self.decode_seqs += batch.num_decode
+        self.iteration_ms += max(t.end_ms for t in timings) - min(t.start_ms for t in timings)
+        for t in timings:
+            self.op_ms[t.op] = self.op_ms.get(t.op, 0.0) + (t.end_ms - t.start_ms)
+
+    def summary(self) -> dict:
+        n = max(self.num_iterations, 1)
+        per_op = {op: ms / n for op, ms in sorted(self.op_ms.items(), key=lambda kv: -kv[1])}
+        return {"num_iterations": self.num_iterations, "mean_iteration_ms": self.iteration_ms / n,
+                "mean_tokens": self.tokens / n, "mean_decode_seqs": self.decode_seqs / n,
+                "mean_op_ms": per_op,
+                "op_share": {op: ms / max(sum(per_op.values()), 1e-9) for op, ms in per_op.items()}}
+
+
+def load_model_config(model: str) -> ModelConfig:
+    return model_config_from_hf(model) if Path(model).is_dir() else get_preset(model)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig | None = None, **overrides):
+        from engine.runner import ModelRunner  # torch is imported only when an engine is built
+
+        config = (config or EngineConfig()).replace(**overrides) if overrides else (config or EngineConfig())
+        self.config = config
+        self.model_config = load_model_config(config.model)
+        mc = self.model_config
+        self.max_model_len = config.max_model_len or min(mc.max_position, 8192)
+        if self.max_model_len > mc.max_position:
+            raise EngineConfigError(f"max_model_len {self.max_model_len} exceeds the model's "
+                                    f"max_position {mc.max_position}")
+        self.runner = ModelRunner(config, mc, self.max_model_len)
+        info = self.runner.cache_info
+        self.block_manager = BlockManager(info.num_blocks, info.block_size)
+        self.scheduler = Scheduler(SchedulerConfig(
+            max_num_batched_tokens=config.max_num_batched_tokens, max_num_seqs=config.max_num_seqs,
+            max_model_len=self.max_model_len, enable_chunked_prefill=config.enable_chunked_prefill,
+            kv_overcommit=config.kv_overcommit,
+            eos_token_ids=mc.eos_token_ids), self.block_manager)
+        self.requests: dict[str, Request] = {}
+        self.last_step: StepStats | None = None
+        self.last_logits = None
+        self.num_steps = 0
+        self.op_profile = OpProfile()
+
+    def set_plan(self, plan) -> None:
+        """Run later iterations with another PipelinePlan (or a plan JSON path)."""
+        from engine.plan import PipelinePlan
+
+        self.runner.set_plan(plan if isinstance(plan, PipelinePlan) else PipelinePlan.load(plan))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model_config.vocab_size
+
+    # ---- the API ------------------------------------------------------------------------------------
+    def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None) -> str:
+        """Queue a request. Raises ValueError (one line) if it can never fit this engine."""
+        params = params or SamplingParams()
+        bad = [t for t in prompt_ids if not 0 <= int(t) < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token {bad[0]} outside the vocabulary [0, {self.vocab_size})")
+        req = Request(list(map(int, prompt_ids)), params)
+        if request_id is not None:
+            if request_id in self.requests:
+                raise ValueError(f"request id '{request_id}' is already in use")
+            req.request_id = request_id
+        self.scheduler.add(req)
+        self.requests[req.request_id] = req
+        return req.request_id
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self, timings: list | None = None) -> list[RequestOutput]:
+        """Run one iteration of the dense batch; returns the tokens it produced."""
+        t0 = time.perf_counter()
+        batch: ScheduledBatch = self.scheduler.schedule()
+        if not batch.seqs:
+            if self.scheduler.waiting and not self.scheduler.running:
+                raise RuntimeError("scheduler made no progress with an empty cache (a bug: check_fits passed)")
+            return []
+        t1 = time.perf_counter()
+        every = self.config.time_ops_every
+        if timings is None and every and self.num_steps % every == every - 1:
+            timings = []  # a sampled iteration: per-op CUDA-event timings into op_profile
+        sampled, logits = self.runner.execute(batch, timings)
+        if timings:
+            self.op_profile.add(batch, timings)
+        self.num_steps += 1
+        t2 = time.perf_counter()
+        outputs = self.scheduler.postprocess(batch, sampled)
+        if logits is not None:
+            rows = iter(logits)
+            self.last_logits = {s.request.request_id: next(rows) for s in batch.seqs if s.samples}
+        for o in outputs:
+            if o.is_finished:
+                self.runner.sampler.forget(o.request_id)
+                self.requests.pop(o.request_id, None)
+        self.last_step = StepStats(batch.num_tokens, batch.num_decode, batch.num_prefill_tokens,
+                                   (t1 - t0) + (time.perf_counter() - t2), t2 - t1)
+        return outputs
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
+                 ) -> list[list[int]]:
+        """Run prompts to completion; returns each prompt's output token ids, in order."""
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        ids = [self.add_request(p, sp) for p, sp in zip(prompts, plist, strict=True)]
+        outs: dict[str, list[int]] = {i: [] for i in ids}
+        while self.has_unfinished():
+            for o in self.step():
+                outs[o.request_id].extend(o.new_token_ids)
+        return [outs[i] for i in ids]
+
+    def generate_trace(self, requests, seed: int = 0) -> list[list[int]]:
+        """Run trace requests (prompt_len, output_len, optional prompt_ids) offline in benchmark mode."""
+        rng = np.random.default_rng(seed)
+        prompts, params = [], []
+        for r in requests:
+            ids = list(r.prompt_ids) if r.prompt_ids else rng.integers(0, self.vocab_size, r.prompt_len).tolist()
+            prompts.append(ids)
+            params.append(SamplingParams(max_tokens=r.output_len, ignore_eos=True))
+        return self.generate(prompts, params)
+
+    def stats(self) -> dict:
+        s = self.scheduler
+        return {"num_running": len(s.running), "num_waiting": len(s.waiting),
+                "kv_usage": self.block_manager.usage, "num_preemptions": s.num_preemptions,
+                "num_kv_blocks": self.block_manager.num_blocks}

@@ -1,0 +1,77 @@
+"""The engine's kernels: each op as a Triton kernel and as its torch reference (also the CPU path).
+
+    ops = get_ops("auto", device)      # triton on CUDA when triton imports, torch otherwise
+    ops.rms_norm(x, w, eps); ops.decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale)
+
+Tensor conventions (fixed for the model code):
+  k_cache, v_cache  [num_blocks, num_kv_heads, block_size, head_dim] per layer, contiguous
+  block_tables      int32 [num_seqs, max_blocks_per_seq]; context_lens / seq_lens int32 [num_seqs]
+  slot_mapping      int64 [num_tokens], slot < 0 = skip
+  cos_sin_cache     fp32 [max_position, head_dim] = cos | sin
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from engine.kernels import activation, decode_attention, norm, prefill_attention, rope, store_kv
+from engine.kernels._compat import HAS_TRITON
+from engine.kernels.rope import build_cos_sin_cache, rope_inv_freq
+
+
+@dataclass(frozen=True)
+class KernelOps:
+    """One backend's implementation of every op; the model code calls only these attributes."""
+
+    name: str
+    store_kv: Callable
+    decode_attention: Callable
+    prefill_attention: Callable
+    rms_norm: Callable
+    add_rms_norm: Callable
+    silu_and_mul: Callable
+    apply_rope: Callable
+
+
+TORCH_OPS = KernelOps(
+    name="torch",
+    store_kv=store_kv.store_kv_ref,
+    decode_attention=decode_attention.decode_attention_ref,
+    prefill_attention=prefill_attention.prefill_attention_ref,
+    rms_norm=norm.rms_norm_ref,
+    add_rms_norm=norm.add_rms_norm_ref,
+    silu_and_mul=activation.silu_and_mul_ref,
+    apply_rope=rope.apply_rope_ref,
+)
+
+TRITON_OPS = KernelOps(
+    name="triton",
+    store_kv=store_kv.store_kv,
+    decode_attention=decode_attention.decode_attention,
+    prefill_attention=prefill_attention.prefill_attention,
+    rms_norm=norm.rms_norm,
+    add_rms_norm=norm.add_rms_norm,
+    silu_and_mul=activation.silu_and_mul,
+    apply_rope=rope.apply_rope,
+)
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def get_ops(backend: str = "auto", device: torch.device | str | None = None) -> KernelOps:
+    """backend "torch" | "triton" | "auto" (triton for a CUDA device when triton imports, else torch)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        is_cuda = device is not None and torch.device(device).type == "cuda"
+        backend = "triton" if is_cuda and HAS_TRITON else "torch"
+    if backend == "triton" and not HAS_TRITON:
+        raise RuntimeError("kernel backend 'triton' needs the triton package (Linux)")
+    return TRITON_OPS if backend == "triton" else TORCH_OPS
+
+
+__all__ = ["BACKENDS", "HAS_TRITON", "KernelOps", "TORCH_OPS", "TRITON_OPS", "build_cos_sin_cache",
+           "get_ops", "rope_inv_freq"]

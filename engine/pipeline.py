@@ -1,0 +1,121 @@
+"""The one plan executor: runs a PipelinePlan's op instances, layer by layer, on CUDA streams with events.
+
+Dependencies come from the plan (row overlap over the layer's dataflow); only those that cross streams
+need an event, since a stream runs its own work in order. On CPU there are no streams: instances run in
+issue order, which the plan guarantees is topological.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from engine.models.forward import ForwardBatch
+from engine.models.llama import LlamaModel
+from engine.plan import PipelinePlan
+
+
+@dataclass
+class OpTiming:
+    layer: int
+    index: int  # instance index in the plan
+    op: str
+    stream: int
+    start_ms: float  # from the start of the forward
+    end_ms: float
+
+
+class PlanExecutor:
+    def __init__(self, plan: PipelinePlan, model: LlamaModel, device: torch.device):
+        self.plan = plan
+        self.model = model
+        self.is_cuda = device.type == "cuda"
+        n = len(plan.ops)
+        # cross-stream waits, computed once: same-layer producers and (for attn_norm) the previous layer's
+        self.waits = [[j for j in plan.producers(k) if plan.ops[j].stream != plan.ops[k].stream]
+                      for k in range(n)]
+        self.prev_waits = [[j for j in plan.first_layer_deps(k) if plan.ops[j].stream != plan.ops[k].stream]
+                           if plan.ops[k].op == "attn_norm" else [] for k in range(n)]
+        needed = {j for w in self.waits + self.prev_waits for j in w}
+        self.streams = None
+        self.events = {}
+        if self.is_cuda and plan.num_streams > 1:
+            prios = plan.stream_priorities or (0,) * plan.num_streams
+            self.streams = [torch.cuda.Stream(device=device, priority=p) for p in prios]
+            self.events = {j: torch.cuda.Event() for j in needed}
+
+    def _rows(self, fb: ForwardBatch):
+        return [self.plan.rows(inst, fb.num_tokens) for inst in self.plan.ops]
+
+    def forward(self, fb: ForwardBatch, timings: list[OpTiming] | None = None) -> None:
+        """Run every layer of the plan over the batch; leaves the last layer's output in the workspace."""
+        rows = self._rows(fb)
+        run = self.model.ops
+        ops = self.plan.ops
+        if self.streams is None and timings is None:  # the fast path: one stream, issue order
+            for layer in range(self.model.cfg.num_layers):
+                for inst, (a, b) in zip(ops, rows, strict=True):
+                    if a < b:
+                        run[inst.op](layer, a, b, fb, inst.sm_budget)
+            return
+        main = torch.cuda.current_stream() if self.is_cuda else None
+        streams = self.streams or [main] * self.plan.num_streams
+        if self.streams:
+            fork = torch.cuda.Event()
+            fork.record(main)
+            for s in self.streams:
+                s.wait_event(fork)
+        marks = []  # (layer, k, start_event, end_event) when timing
+        origin = None
+        if timings is not None and not self.is_cuda:  # CPU ops are synchronous: a host clock times them
+            t0 = time.perf_counter()
+            for layer in range(self.model.cfg.num_layers):
+                for k, (inst, (a, b)) in enumerate(zip(ops, rows, strict=True)):
+                    if a < b:
+                        s = time.perf_counter()
+                        run[inst.op](layer, a, b, fb, inst.sm_budget)
+                        e = time.perf_counter()
+                        timings.append(OpTiming(layer, k, inst.op, inst.stream, 1e3 * (s - t0), 1e3 * (e - t0)))
+            return
+        if timings is not None:
+            origin = torch.cuda.Event(enable_timing=True)
+            origin.record(main)
+        for layer in range(self.model.cfg.num_layers):
+            for k, (inst, (a, b)) in enumerate(zip(ops, rows, strict=True)):
+                if a >= b:
+                    continue
+                s = streams[inst.stream]
+                with torch.cuda.stream(s) if self.is_cuda else _null():
+                    for j in self.waits[k] + (self.prev_waits[k] if layer else []):
+                        s.wait_event(self.events[j])
+                    if origin is not None:
+                        e0 = torch.cuda.Event(enable_timing=True)
+                        e0.record(s)
+                    run[inst.op](layer, a, b, fb, inst.sm_budget)
+                    if k in self.events:
+                        self.events[k].record(s)
+                    if origin is not None:
+                        e1 = torch.cuda.Event(enable_timing=True)
+                        e1.record(s)
+                        marks.append((layer, k, e0, e1))
+        if self.streams:
+            for s in self.streams:
+                join = torch.cuda.Event()
+                join.record(s)
+                main.wait_event(join)
+        if timings is not None and origin is not None:
+            torch.cuda.synchronize()
+            for layer, k, e0, e1 in marks:
+                inst = ops[k]
+                timings.append(OpTiming(layer, k, inst.op, inst.stream, origin.elapsed_time(e0),
+                                        origin.elapsed_time(e1)))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,136 @@
+"""ModelRunner: owns the device state (weights, KV cache, workspace, plan executor, CUDA graphs) and runs
+one ScheduledBatch: build inputs, execute the plan, sample.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from engine.batch_builder import BatchBuilder
+from engine.config import CacheInfo, EngineConfig, ModelConfig
+from engine.errors import EngineConfigError
+from engine.kernels import build_cos_sin_cache, get_ops
+from engine.models.llama import LlamaModel
+from engine.models.weights import load_hf_weights, random_weights
+from engine.pipeline import OpTiming, PlanExecutor
+from engine.plan import PipelinePlan
+from engine.sampler import Sampler
+from engine.scheduler import ScheduledBatch
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EngineConfigError(f"device '{name}': no CUDA GPU is available here")
+    return dev
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise EngineConfigError(f"dtype '{name}': choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, model_cfg: ModelConfig, max_model_len: int):
+        self.config = config
+        self.model_cfg = model_cfg
+        self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.max_model_len = max_model_len
+        self.plan = PipelinePlan.load(config.plan) if config.plan else PipelinePlan.sequential()
+        self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
+                        if self.device.type == "cuda" else None)
+        self.plan.validate(num_sms=self.num_sms, where=config.plan or "plan")
+        t0 = time.perf_counter()
+        if Path(config.model).is_dir():
+            self.weights = load_hf_weights(config.model, model_cfg, self.device, self.dtype)
+        else:
+            self.weights = random_weights(model_cfg, self.device, self.dtype, config.seed)
+        self.load_seconds = time.perf_counter() - t0
+        self.kernels = get_ops(config.attention_backend, self.device)
+        self.cos_sin = build_cos_sin_cache(model_cfg.head_dim, max_model_len, model_cfg.rope_theta,
+                                           model_cfg.rope_scaling, device=self.device)
+        self.max_tokens = max(config.max_num_batched_tokens, config.max_num_seqs)
+        self.model = LlamaModel(model_cfg, self.weights, [], self.kernels, self.cos_sin)
+        workspace = self.model.ensure_workspace(self.max_tokens)
+        self.cache_info = self._allocate_kv_cache(workspace.num_bytes)
+        self.max_blocks_per_seq = -(-max_model_len // config.block_size)
+        self.sampler = Sampler(self.device, config.seed)
+        self.graphs = None
+        self.set_plan(self.plan)
+
+    def set_plan(self, plan: PipelinePlan) -> None:
+        """Switch to another plan (same weights and cache): new executor, and graphs captured afresh."""
+        plan.validate(num_sms=self.num_sms, where=plan.name)
+        self.plan = plan
+        self.graphs = None  # drop the old graphs (and their pool) before capturing new ones
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+        self.builder = BatchBuilder(plan, self.config.block_size, self.max_blocks_per_seq, self.device)
+        self.executor = PlanExecutor(plan, self.model, self.device)
+        if self.device.type == "cuda" and self.config.use_cuda_graphs:
+            from engine.graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(self, max_batch=min(self.config.max_num_seqs, self.max_tokens))
+
+    # ---- KV cache -----------------------------------------------------------------------------------
+    def _allocate_kv_cache(self, workspace_bytes: int) -> CacheInfo:
+        c, m = self.config, self.model_cfg
+        per_block = 2 * m.num_layers * m.num_kv_heads * c.block_size * m.head_dim * self.dtype.itemsize
+        if c.num_kv_blocks is not None:
+            num_blocks = c.num_kv_blocks
+        elif self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            # sampling temporaries ([seqs, vocab] fp32, a few copies) + cuBLAS/graph pools + kernel scratch
+            reserve = 3 * c.max_num_seqs * m.vocab_size * 4 + (1 << 30)
+            budget = c.gpu_memory_fraction * total - (total - free) - reserve
+            num_blocks = int(budget // per_block)
+        else:
+            num_blocks = int(c.cpu_kv_cache_gb * (1 << 30) // per_block)
+        if num_blocks < 1:
+            raise EngineConfigError(f"no memory left for the KV cache after {self.weights.num_bytes / 2**30:.1f} "
+                                    f"GiB of weights (gpu_memory_fraction={c.gpu_memory_fraction})")
+        # [L, 2, blocks, Hkv, block_size, D]; each layer's K and V are contiguous views
+        cache = torch.empty((m.num_layers, 2, num_blocks, m.num_kv_heads, c.block_size, m.head_dim),
+                            device=self.device, dtype=self.dtype)
+        if c.poison_kv_cache:  # tests: any read of a slot nothing wrote shows up as NaN
+            cache.fill_(float("nan"))
+        self.kv_cache = cache
+        self.model.kv = [(cache[i, 0], cache[i, 1]) for i in range(m.num_layers)]
+        return CacheInfo(num_blocks=num_blocks, block_size=c.block_size, bytes_per_block=per_block,
+                         weights_bytes=self.weights.num_bytes, activation_bytes=workspace_bytes)
+
+    # ---- one iteration ------------------------------------------------------------------------------
+    def execute(self, batch: ScheduledBatch, timings: list[OpTiming] | None = None):
+        """-> (sampled token per seq (None where the chunk does not sample), logits [S, V] or None)."""
+        if self.graphs is not None and timings is None and self.graphs.can_run(batch):
+            logits = self.graphs.run(batch)
+        else:
+            fb = self.builder.build(batch)
+            self.executor.forward(fb, timings)
+            logits = self.model.logits(fb)
+        sampling = [s for s in batch.seqs if s.samples]
+        tokens = self.sampler.sample(logits, [s.request.params for s in sampling],
+                                     [s.request.request_id for s in sampling])
+        it = iter(tokens)
+        sampled = [next(it) if s.samples else None for s in batch.seqs]
+        return sampled, (logits if self.config.keep_logits else None)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

@@ -1,0 +1,125 @@
+"""The in-process nanotune engine as a benchmark backend: a thin adapter over the engine's protocol
+
+    eng.add_request(prompt_ids, SamplingParams(max_tokens=n, ignore_eos=True), request_id) -> str
+    eng.step() -> list[RequestOutput]; eng.has_unfinished(); eng.stats()
+
+so any object with that protocol (the tests' FakeEngine, the real LLMEngine) plugs in. Token times are taken
+when `step()` returns: that is when the tokens of that iteration exist for a caller.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from engine.request import SamplingParams
+from nanotune.bench.backends.base import Backend
+from nanotune.bench.records import BenchRequest, RequestRecord
+
+
+class EngineBackend(Backend):
+    def __init__(self, engine, name: str = "nanoflow", info: dict | None = None) -> None:
+        super().__init__()
+        self.engine = engine
+        self.name = name
+        self.info = info or {}
+        self.num_params = int(engine.model_config.num_params)
+        self.vocab_size = int(engine.vocab_size)
+        self._inflight: dict[str, RequestRecord] = {}
+        self._ended: list[RequestRecord] = []
+        self._step_s: list[float] = []
+        self._step_tokens: list[int] = []
+
+    def begin(self, t0: float) -> None:
+        super().begin(t0)
+        self._step_s, self._step_tokens = [], []
+
+    def phase_stats(self) -> dict:
+        """Measured iteration (step) times: what a plan's predicted iteration time is checked against."""
+        if not self._step_s:
+            return {"num_steps": 0}
+        ms = sorted(1e3 * s for s in self._step_s)
+        out = {"num_steps": len(ms), "mean_step_ms": statistics.fmean(ms), "median_step_ms": ms[len(ms) // 2],
+               "total_step_s": sum(self._step_s)}
+        if self._step_tokens:
+            out["mean_tokens_per_step"] = statistics.fmean(self._step_tokens)
+        return out
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "model": getattr(self.engine.model_config, "name", None),
+                "num_params": self.num_params, "vocab_size": self.vocab_size, **self.info}
+
+    def submit(self, req: BenchRequest, rec: RequestRecord) -> None:
+        rec.send_s = self.now()
+        try:
+            params = SamplingParams(max_tokens=req.output_len, ignore_eos=True)
+            self.engine.add_request(list(req.prompt_ids), params, request_id=req.request_id)
+        except ValueError as e:  # the engine refused this request (too long, ...): it fails, the run goes on
+            rec.fail(self.now(), f"{type(e).__name__}: {e}")
+            self._ended.append(rec)
+            return
+        self._inflight[req.request_id] = rec
+
+    def poll(self, timeout: float) -> list[RequestRecord]:
+        ended, self._ended = self._ended, []
+        if not self.engine.has_unfinished():
+            if not ended and timeout > 0:
+                time.sleep(timeout)  # nothing to run until the next arrival
+            return ended
+        start = time.perf_counter()
+        outputs = self.engine.step()
+        t = self.now()
+        self._step_s.append(time.perf_counter() - start)
+        last = getattr(self.engine, "last_step", None)  # the engine's StepStats, when it keeps one
+        if last is not None and getattr(last, "num_tokens", None) is not None:
+            self._step_tokens.append(int(last.num_tokens))
+        for out in outputs:
+            rec = self._inflight.get(out.request_id)
+            if rec is None:
+                continue
+            if out.new_token_ids:
+                rec.add_tokens(t, len(out.new_token_ids))
+            if out.is_finished:
+                if out.num_output_tokens:
+                    rec.output_len = out.num_output_tokens
+                rec.finish(t)
+                ended.append(self._inflight.pop(out.request_id))
+        return ended
+
+    def stats(self) -> dict:
+        try:
+            return dict(self.engine.stats())
+        except Exception:  # a live view must never take the benchmark down
+            return {}
+
+    def abort(self) -> None:
+        self._inflight.clear()
+
+
+def plan_info(plan: str | None) -> dict:
+    """The plan as recorded in result.json: its path and, when readable, its content (a plan file may be
+    edited or deleted later; the result must still say what ran)."""
+    if not plan:
+        return {"plan": None}
+    info: dict = {"plan": str(plan)}
+    try:
+        info["plan_json"] = json.loads(Path(plan).read_text())
+    except (OSError, ValueError):
+        pass
+    return info
+
+
+def load_engine_backend(kind: str, model: str, device: str, dtype: str | None, plan: str | None,
+                        seed: int, **engine_kw) -> EngineBackend:
+    """Build the real engine. `sequential` is the engine with its one-nano-batch plan (plan=None);
+    `nanoflow` runs `--plan FILE` if given, else the engine's default plan."""
+    from engine import EngineConfig, LLMEngine
+
+    cfg = EngineConfig(model=model, device=device, dtype=dtype or "auto", plan=plan, seed=seed, **engine_kw)
+    eng = LLMEngine(cfg)
+    info = {"device": device, "dtype": cfg.dtype, **plan_info(plan)}
+    if kind == "nanoflow" and not plan:
+        info["plan_note"] = "no --plan given: the engine's default plan"
+    return EngineBackend(eng, name=kind, info=info)

@@ -1,0 +1,122 @@
+"""The one entry point behind `nanotune bench`: load the trace, measure the peak, build the backend, run,
+write `results/<run-id>/`. The CLI only turns options into a BenchConfig and prints the tables."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from nanotune.bench.backends.base import Backend
+from nanotune.bench.config import BenchConfig
+from nanotune.bench.output import write_bench_run
+from nanotune.bench.runner import run_bench
+from nanotune.bench.view import LiveView
+from nanotune.errors import UserError
+from nanotune.results import environment, new_run_dir
+from nanotune.results.peak import PeakFlops, given_peak, peak_flops
+
+TRACE_SUFFIXES = (".jsonl", ".json", ".csv", ".gz")
+
+
+def is_trace_file(spec: str) -> bool:
+    return Path(spec).exists() or spec.endswith(TRACE_SUFFIXES) or "/" in spec
+
+
+def load_trace(spec: str, num_requests: int | None, seed: int, filter: str | None = None,
+               **params):
+    """A dataset name goes to `workloads.generate(name, n, seed, filter=, **params)`, a path to
+    `workloads.read_trace(path)` (any format it detects; truncated to -n later). Errors come as
+    workloads.errors.TraceError (one line, exit 2)."""
+    import workloads
+
+    if is_trace_file(spec):
+        if params or filter:
+            raise UserError("--filter / --input-len / --output-len / --range-ratio apply to generated "
+                            "datasets, not to a trace file (use `nanotune trace` to filter a file)")
+        return workloads.read_trace(spec)
+    kw = {"filter": filter} if filter else {}
+    return workloads.generate(spec, num_requests, seed, **kw, **params)
+
+
+def preset_or_none(name: str | None):
+    if not name:
+        return None
+    try:
+        from engine.presets import get_preset
+
+        return get_preset(name)
+    except (ImportError, ValueError):
+        return None
+
+
+def measure_peak(cfg: BenchConfig) -> PeakFlops | None:
+    """Given (--peak-tflops), else measured on this machine's device before the model takes its memory.
+    An endpoint on a machine without a GPU is served elsewhere: nothing local to measure."""
+    if cfg.peak_tflops:
+        return given_peak(cfg.peak_tflops)
+    if cfg.engine == "endpoint":
+        import torch
+
+        return peak_flops("cuda") if torch.cuda.is_available() else None
+    return peak_flops(cfg.device)
+
+
+def make_backend(cfg: BenchConfig, lengths: list[tuple[int, int]]) -> Backend:
+    if cfg.engine == "endpoint":
+        from nanotune.bench.backends.endpoint import EndpointBackend, served_model
+
+        try:
+            model = cfg.model or served_model(cfg.endpoint)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--endpoint {cfg.endpoint}: cannot list its models ({e}); give --model") \
+                from None
+        preset = preset_or_none(model)
+        vocab = cfg.vocab_size or (preset.vocab_size if preset else 32000)
+        params = cfg.num_params or (preset.num_params if preset else None)
+        return EndpointBackend(cfg.endpoint, model, vocab, int(params) if params else None,
+                               max_workers=cfg.max_concurrency or max(len(lengths), 1))
+    if cfg.engine == "hf":
+        from nanotune.bench.backends.hf import load_hf_backend
+
+        return load_hf_backend(cfg.model, cfg.device, cfg.dtype, cfg.hf_attn, cfg.seed, lengths)
+    from nanotune.bench.backends.inprocess import load_engine_backend
+
+    return load_engine_backend(cfg.engine, cfg.model, cfg.device, cfg.dtype, cfg.plan, cfg.seed)
+
+
+def run_label(cfg: BenchConfig) -> str:
+    trace = Path(cfg.trace).stem if is_trace_file(cfg.trace) else cfg.trace
+    return f"{trace}-{cfg.engine}"
+
+
+def bench(cfg: BenchConfig, results_dir: str | None = None, progress: bool = True,
+          backend: Backend | None = None, trace=None, trace_params: dict | None = None) -> tuple[dict, Path]:
+    """Run the benchmark `cfg` describes and write it; returns (result, run_dir). `backend` / `trace`
+    replace the ones `cfg` names (tests; embedding); `trace_params` go to the generator."""
+    from nanotune.console import err_console
+
+    if trace is None:
+        trace = load_trace(cfg.trace, cfg.num_requests, cfg.seed, **(trace_params or {}))
+    reqs = list(trace.requests)[:cfg.num_requests] if cfg.num_requests else list(trace.requests)
+    lengths = [cfg.caps.apply(int(r.prompt_len), int(r.output_len)) for r in reqs]
+    if not lengths:
+        raise UserError(f"trace '{cfg.trace}' has no requests")
+    is_timed = any(float(r.arrival_s) > 0 for r in reqs)
+    if cfg.mode == "online" and cfg.request_rate is None and not cfg.sweep_rates and not is_timed:
+        raise UserError(f"--mode online: trace '{cfg.trace}' has no arrival times; give --request-rate "
+                        "(or make a timed trace with `nanotune trace`)")
+    peak = measure_peak(cfg)
+    owns_backend = backend is None
+    backend = backend or make_backend(cfg, lengths)
+    try:
+        with LiveView(err_console, progress) as view:
+            outcome = run_bench(cfg, trace, backend, peak, view.update, view.phase)
+    finally:
+        if owns_backend:
+            backend.close()
+    run_dir = new_run_dir("bench", run_label(cfg), results_dir)
+    result = {"run_id": run_dir.name, **outcome.result, "environment": environment(),
+              "command": " ".join(shlex.quote(a) for a in sys.argv)}
+    write_bench_run(run_dir, result, outcome.rows)
+    return result, run_dir

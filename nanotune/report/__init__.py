@@ -1,0 +1,1 @@
+"""Tables and plots over saved results: `nanotune compare` and `nanotune report`."""

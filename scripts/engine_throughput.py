@@ -1,0 +1,188 @@
+"""Offline throughput of the engine on one GPU, plans side by side, with the HF transformers peer.
+
+    python scripts/engine_throughput.py --out results/reference/h100/engine-sequential.json
+    python scripts/engine_throughput.py --plans sequential,plans/overlap.json --out .../engine-overlap.json
+
+One process, one GPU, one warm engine: the bf16 GEMM peak is measured first (NanoFlow's optimum is
+peak / (2 * params)); then each workload runs under each plan (the same weights and KV cache, the plan
+switched in place), with every `--time-ops-every`th iteration timed per op by CUDA events. Then the
+engine is freed and the HF transformers peer (continuous batching) runs the first `--hf-requests`
+requests of the first workload, and the engine's figure on that same subset is measured beside it.
+Writes one JSON with the environment; prints a table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+WORKLOADS = {  # name -> (generator, params, default request count)
+    "c1024x512": ("constant", {"input_len": 1024, "output_len": 512}, 1200),
+    "c512x512": ("constant", {"input_len": 512, "output_len": 512}, 1500),
+    "c512x1024": ("constant", {"input_len": 512, "output_len": 1024}, 1000),
+    "sharegpt": ("sharegpt", {"filter": "vllm"}, 2000),
+    "lmsys": ("lmsys", {"filter": "vllm"}, 3000),
+    "splitwise": ("splitwise", {"filter": "max-len:4096"}, 1000),
+}
+
+
+def make_trace(name: str, n: int | None, seed: int):
+    from workloads import generate
+
+    gen, params, default_n = WORKLOADS[name]
+    return generate(gen, n or default_n, seed, **params)
+
+
+def subset(trace, n: int):
+    from workloads.trace import Trace
+
+    return Trace(list(trace.requests)[:n], {**trace.meta, "count": n, "subset_of": trace.meta.get("count")})
+
+
+def run_one(engine, label: str, trace, peak, warmups: int, device: str) -> dict:
+    from nanotune.bench.backends.inprocess import EngineBackend
+    from nanotune.bench.config import BenchConfig
+    from nanotune.bench.runner import run_bench
+
+    engine.op_profile.__init__()
+    host0 = dict(host=0.0, run=0.0)
+    t_steps = []
+
+    step = engine.step
+
+    def timed_step(*a, **k):  # host (Python) vs run (build + GPU + sample) time per iteration
+        out = step(*a, **k)
+        if engine.last_step is not None:
+            host0["host"] += engine.last_step.host_s
+            host0["run"] += engine.last_step.run_s
+            t_steps.append(engine.last_step.num_tokens)
+        return out
+
+    engine.step = timed_step
+    try:
+        cfg = BenchConfig(trace=label, engine="nanoflow", model=engine.model_config.name, device=device,
+                          num_warmups=warmups)
+        backend = EngineBackend(engine, name=label, info={"plan": engine.runner.plan.to_dict()})
+        outcome = run_bench(cfg, trace, backend, peak)
+    finally:
+        engine.step = step
+    m = outcome.result["metrics"]
+    keep = ["completed", "failed", "duration", "total_input_tokens", "total_output_tokens",
+            "request_throughput", "output_throughput", "total_token_throughput",
+            "optimal_total_token_throughput", "efficiency", "mean_ttft_ms", "mean_tpot_ms",
+            "normalized_latency_ms", "steady"]
+    return {"metrics": {k: m.get(k) for k in keep}, "op_profile": engine.op_profile.summary(),
+            "host_fraction": host0["host"] / max(host0["host"] + host0["run"], 1e-9),
+            "mean_step_tokens": sum(t_steps) / max(len(t_steps), 1), "num_steps": len(t_steps),
+            "num_preemptions": engine.stats()["num_preemptions"],
+            "backend": outcome.result["points"][-1]["runs"][-1]["backend"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama-3-8b")
+    ap.add_argument("--plans", default="sequential", help="comma list: 'sequential' or plan JSON paths")
+    ap.add_argument("--workloads", default="c1024x512,c512x512,sharegpt")
+    ap.add_argument("-n", type=int, default=None, help="requests per workload (default: per workload)")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    ap.add_argument("--max-num-seqs", type=int, default=512)
+    ap.add_argument("--time-ops-every", type=int, default=50)
+    ap.add_argument("--hf-requests", type=int, default=64, help="0 skips the HF peer")
+    ap.add_argument("--warmups", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda", help="cpu only to check the script itself (tiny model)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    import torch
+
+    from engine import EngineConfig, LLMEngine, PipelinePlan
+    from nanotune.results import environment, write_json_atomic
+    from nanotune.results.peak import peak_flops
+
+    t_start = time.time()
+    peak = peak_flops(args.device)
+    print(f"peak: {peak.tflops:.0f} TFLOP/s ({peak.label})", flush=True)
+    engine = LLMEngine(EngineConfig(model=args.model, device=args.device, seed=args.seed,
+                                    max_num_batched_tokens=args.max_num_batched_tokens,
+                                    max_num_seqs=args.max_num_seqs, time_ops_every=args.time_ops_every))
+    info = engine.runner.cache_info
+    plans = [PipelinePlan.sequential() if p == "sequential" else PipelinePlan.load(p)
+             for p in args.plans.split(",")]
+    out = {"schema": "nanotune.engine-throughput/1", "model": engine.model_config.to_dict(),
+           "num_params": engine.model_config.num_params, "peak": peak.to_dict(),
+           "engine_config": {"max_num_batched_tokens": args.max_num_batched_tokens,
+                             "max_num_seqs": args.max_num_seqs, "block_size": info.block_size,
+                             "num_kv_blocks": info.num_blocks, "kv_cache_tokens": info.num_tokens,
+                             "weights_gib": info.weights_bytes / 2**30, "load_s": engine.runner.load_seconds},
+           "plans": {p.name: p.to_dict() for p in plans}, "workloads": {}, "command": " ".join(sys.argv)}
+    first = None
+    for w in args.workloads.split(","):
+        trace = make_trace(w, args.n, args.seed)
+        first = first or (w, trace)
+        out["workloads"][w] = {"trace": dict(trace.meta), "plans": {}}
+        for plan in plans:
+            engine.set_plan(plan)
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            r = run_one(engine, f"{w}-{plan.name}", trace, peak, args.warmups, args.device)
+            has_gpu = torch.cuda.is_available()
+            r["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if has_gpu else None
+            out["workloads"][w]["plans"][plan.name] = r
+            m = r["metrics"]
+            print(f"{w:10s} {plan.name:14s} total {m['total_token_throughput']:9.0f} tok/s  "
+                  f"output {m['output_throughput']:8.0f}  eff {m['efficiency']:.3f}  "
+                  f"host {r['host_fraction']:.1%}", flush=True)
+    if args.hf_requests and first:
+        w, trace = first
+        sub = subset(trace, args.hf_requests)
+        peer = {"workload": w, "num_requests": args.hf_requests, "engine": {}}
+        for plan in plans:
+            engine.set_plan(plan)
+            r = run_one(engine, f"{w}-subset-{plan.name}", sub, peak, 2, args.device)
+            peer["engine"][plan.name] = r["metrics"]
+        del engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        peer["hf"] = run_hf(args.model, sub, peak, args.seed, args.device)
+        hf_tps = peer["hf"]["metrics"]["total_token_throughput"]
+        peer["ratio_engine_over_hf"] = {p: v["total_token_throughput"] / hf_tps
+                                        for p, v in peer["engine"].items()}
+        out["hf_peer"] = peer
+        print(f"HF peer on {args.hf_requests} requests of {w}: {hf_tps:.0f} tok/s; engine/HF "
+              + ", ".join(f"{p} {x:.1f}x" for p, x in peer["ratio_engine_over_hf"].items()), flush=True)
+    out["environment"] = environment()
+    out["wall_s"] = time.time() - t_start
+    write_json_atomic(args.out, out)
+    print(json.dumps({w: {p: round(v["metrics"]["efficiency"], 4) for p, v in d["plans"].items()}
+                      for w, d in out["workloads"].items()}))
+
+
+def run_hf(model: str, trace, peak, seed: int, device: str) -> dict:
+    from nanotune.bench.backends.hf import load_hf_backend
+    from nanotune.bench.config import BenchConfig
+    from nanotune.bench.runner import run_bench
+
+    lengths = [(r.prompt_len, r.output_len) for r in trace.requests]
+    backend = load_hf_backend(model, device, "bfloat16" if device == "cuda" else "float32", "sdpa", seed,
+                               lengths)
+    try:
+        res = run_bench(BenchConfig(trace="hf", engine="hf", model=model, device=device, num_warmups=2),
+                        trace, backend, peak).result
+    finally:
+        backend.close()
+    m = res["metrics"]
+    return {"metrics": {k: m.get(k) for k in ("completed", "failed", "duration", "total_token_throughput",
+                                              "output_throughput", "efficiency", "mean_tpot_ms")},
+            "engine": res["engine"]}
+
+
+if __name__ == "__main__":
+    main()
