@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine import EngineConfig, LLMEngine, SamplingParams
-from engine.plan import OpInstance, PipelinePlan
+from engine.plan_library import nano_batch_plan
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -17,19 +17,13 @@ STEPS = 32
 
 
 def two_stream_plan(path) -> str:
-    """Two nano-batches: norms and GEMMs on stream 0, attention on stream 1 (and row ranges cut in half)."""
-    ops = []
-    for lo, hi in ((0.0, 0.5), (0.5, 1.0)):
-        ops += [OpInstance("attn_norm", lo, hi), OpInstance("qkv", lo, hi), OpInstance("rope_kv", lo, hi),
-                OpInstance("decode_attn", lo, hi, stream=1, sm_budget=44),
-                OpInstance("prefill_attn", lo, hi, stream=1)]
-    for lo, hi in ((0.0, 0.5), (0.5, 1.0)):
-        ops += [OpInstance(o, lo, hi) for o in ("o_proj", "mlp_norm", "gate_up", "silu_mul", "down")]
-    PipelinePlan("two-stream", tuple(ops), num_streams=2).save(path)
+    """Two nano-batches: norms and GEMMs on stream 0, attention on stream 1 (decode confined to 44 SMs)."""
+    nano_batch_plan(2, decode_sm_budget=44, align=8).save(path)
     return str(path)
 
 
 def run(prompts, **cfg):
+    cfg.setdefault("max_num_seqs", 64)  # fewer CUDA-graph buckets to capture
     eng = LLMEngine(EngineConfig(device="cuda", keep_logits=True, poison_kv_cache=True, max_model_len=512,
                                  **cfg))
     ids = [eng.add_request(p, SamplingParams(max_tokens=STEPS, ignore_eos=True)) for p in prompts]
