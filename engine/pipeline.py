@@ -82,6 +82,7 @@ class PlanExecutor:
         if timings is not None:
             origin = torch.cuda.Event(enable_timing=True)
             origin.record(main)
+        recorded: set[int] = set()  # events recorded in this forward; a skipped producer left no data to wait for
         for layer in range(self.model.cfg.num_layers):
             for k, (inst, (a, b)) in enumerate(zip(ops, rows, strict=True)):
                 if a >= b:
@@ -89,13 +90,15 @@ class PlanExecutor:
                 s = streams[inst.stream]
                 with torch.cuda.stream(s) if self.is_cuda else _null():
                     for j in self.waits[k] + (self.prev_waits[k] if layer else []):
-                        s.wait_event(self.events[j])
+                        if j in recorded:  # (waiting on an event recorded outside a graph capture is illegal)
+                            s.wait_event(self.events[j])
                     if origin is not None:
                         e0 = torch.cuda.Event(enable_timing=True)
                         e0.record(s)
                     run[inst.op](layer, a, b, fb, inst.sm_budget)
                     if k in self.events:
                         self.events[k].record(s)
+                        recorded.add(k)
                     if origin is not None:
                         e1 = torch.cuda.Event(enable_timing=True)
                         e1.record(s)

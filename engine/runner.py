@@ -96,9 +96,11 @@ class ModelRunner:
             num_blocks = c.num_kv_blocks
         elif self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
+            # memory torch's allocator holds but does not use is ours to reuse, not someone else's
+            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
             # sampling temporaries ([seqs, vocab] fp32, a few copies) + cuBLAS/graph pools + kernel scratch
             reserve = 3 * c.max_num_seqs * m.vocab_size * 4 + (1 << 30)
-            budget = c.gpu_memory_fraction * total - (total - free) - reserve
+            budget = c.gpu_memory_fraction * total - (total - free - cached) - reserve
             num_blocks = int(budget // per_block)
         else:
             num_blocks = int(c.cpu_kv_cache_gb * (1 << 30) // per_block)

@@ -88,7 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama-3-8b")
     ap.add_argument("--plans", default="sequential", help="comma list: 'sequential' or plan JSON paths")
-    ap.add_argument("--workloads", default="c1024x512,c512x512,sharegpt")
+    ap.add_argument("--workloads", default="c1024x512,c512x512,sharegpt", help="comma list of name[:count]")
     ap.add_argument("-n", type=int, default=None, help="requests per workload (default: per workload)")
     ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
     ap.add_argument("--max-num-seqs", type=int, default=512)
@@ -109,58 +109,65 @@ def main() -> None:
     t_start = time.time()
     peak = peak_flops(args.device)
     print(f"peak: {peak.tflops:.0f} TFLOP/s ({peak.label})", flush=True)
+    specs = [w.partition(":") for w in args.workloads.split(",")]  # name[:count]
+    names = [name for name, _, _ in specs]
+    traces = {name: make_trace(name, int(n) if n else args.n, args.seed) for name, _, n in specs}
+    out = {"schema": "nanotune.engine-throughput/1", "peak": peak.to_dict(), "workloads": {},
+           "command": " ".join(sys.argv), "environment": environment()}
+    save = lambda: write_json_atomic(args.out, {**out, "wall_s": time.time() - t_start})
+    sub = subset(traces[names[0]], args.hf_requests) if args.hf_requests else None
+    if sub is not None:  # the peer first, while the GPU is empty; the engine runs the same subset later
+        out["hf_peer"] = {"workload": names[0], "num_requests": args.hf_requests,
+                          "hf": run_hf(args.model, sub, peak, args.seed, args.device), "engine": {}}
+        print(f"HF peer: {out['hf_peer']['hf']['metrics']['total_token_throughput']:.0f} tok/s", flush=True)
+        save()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     engine = LLMEngine(EngineConfig(model=args.model, device=args.device, seed=args.seed,
                                     max_num_batched_tokens=args.max_num_batched_tokens,
                                     max_num_seqs=args.max_num_seqs, time_ops_every=args.time_ops_every))
     info = engine.runner.cache_info
     plans = [PipelinePlan.sequential() if p == "sequential" else PipelinePlan.load(p)
              for p in args.plans.split(",")]
-    out = {"schema": "nanotune.engine-throughput/1", "model": engine.model_config.to_dict(),
-           "num_params": engine.model_config.num_params, "peak": peak.to_dict(),
-           "engine_config": {"max_num_batched_tokens": args.max_num_batched_tokens,
-                             "max_num_seqs": args.max_num_seqs, "block_size": info.block_size,
-                             "num_kv_blocks": info.num_blocks, "kv_cache_tokens": info.num_tokens,
-                             "weights_gib": info.weights_bytes / 2**30, "load_s": engine.runner.load_seconds},
-           "plans": {p.name: p.to_dict() for p in plans}, "workloads": {}, "command": " ".join(sys.argv)}
-    first = None
-    for w in args.workloads.split(","):
-        trace = make_trace(w, args.n, args.seed)
-        first = first or (w, trace)
+    out.update({"model": engine.model_config.to_dict(), "num_params": engine.model_config.num_params,
+                "engine_config": {"max_num_batched_tokens": args.max_num_batched_tokens,
+                                  "max_num_seqs": args.max_num_seqs, "block_size": info.block_size,
+                                  "num_kv_blocks": info.num_blocks, "kv_cache_tokens": info.num_tokens,
+                                  "weights_gib": info.weights_bytes / 2**30,
+                                  "load_s": engine.runner.load_seconds},
+                "plans": {p.name: p.to_dict() for p in plans}})
+    has_gpu = torch.cuda.is_available()
+    for w in names:
+        trace = traces[w]
         out["workloads"][w] = {"trace": dict(trace.meta), "plans": {}}
         for plan in plans:
+            t0 = time.time()
             engine.set_plan(plan)
-            if torch.cuda.is_available():
+            capture_s = time.time() - t0
+            if has_gpu:
                 torch.cuda.reset_peak_memory_stats()
             r = run_one(engine, f"{w}-{plan.name}", trace, peak, args.warmups, args.device)
-            has_gpu = torch.cuda.is_available()
             r["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if has_gpu else None
+            r["set_plan_s"] = capture_s
             out["workloads"][w]["plans"][plan.name] = r
+            save()
             m = r["metrics"]
             print(f"{w:10s} {plan.name:14s} total {m['total_token_throughput']:9.0f} tok/s  "
                   f"output {m['output_throughput']:8.0f}  eff {m['efficiency']:.3f}  "
-                  f"host {r['host_fraction']:.1%}", flush=True)
-    if args.hf_requests and first:
-        w, trace = first
-        sub = subset(trace, args.hf_requests)
-        peer = {"workload": w, "num_requests": args.hf_requests, "engine": {}}
+                  f"host {r['host_fraction']:.1%}  steps {r['num_steps']}", flush=True)
+    if sub is not None:
+        peer = out["hf_peer"]
+        hf_tps = peer["hf"]["metrics"]["total_token_throughput"]
         for plan in plans:
             engine.set_plan(plan)
-            r = run_one(engine, f"{w}-subset-{plan.name}", sub, peak, 2, args.device)
+            r = run_one(engine, f"{names[0]}-subset-{plan.name}", sub, peak, 2, args.device)
             peer["engine"][plan.name] = r["metrics"]
-        del engine
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        peer["hf"] = run_hf(args.model, sub, peak, args.seed, args.device)
-        hf_tps = peer["hf"]["metrics"]["total_token_throughput"]
         peer["ratio_engine_over_hf"] = {p: v["total_token_throughput"] / hf_tps
                                         for p, v in peer["engine"].items()}
-        out["hf_peer"] = peer
-        print(f"HF peer on {args.hf_requests} requests of {w}: {hf_tps:.0f} tok/s; engine/HF "
+        print(f"engine/HF on {args.hf_requests} requests of {names[0]}: "
               + ", ".join(f"{p} {x:.1f}x" for p, x in peer["ratio_engine_over_hf"].items()), flush=True)
-    out["environment"] = environment()
-    out["wall_s"] = time.time() - t_start
-    write_json_atomic(args.out, out)
+    save()
     print(json.dumps({w: {p: round(v["metrics"]["efficiency"], 4) for p, v in d["plans"].items()}
                       for w, d in out["workloads"].items()}))
 

@@ -76,7 +76,7 @@ def hf_greedy(model, prompt: list[int], steps: int) -> tuple[list[int], list[tor
     ids = list(prompt)
     tokens, logits = [], []
     for _ in range(steps):
-        out = model(torch.tensor([ids])).logits[0, -1].float()
+        out = model(torch.tensor([ids], device=model.device)).logits[0, -1].float()
         tok = int(out.argmax())
         tokens.append(tok)
         logits.append(out)
