@@ -82,3 +82,10 @@ def hf_greedy(model, prompt: list[int], steps: int) -> tuple[list[int], list[tor
         logits.append(out)
         ids.append(tok)
     return tokens, logits
+
+
+@torch.no_grad()
+def hf_teacher_forced(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+    """Logits [len(tokens), V] (fp32) for each next token after prompt + tokens[:i], one forward."""
+    ids = torch.tensor([list(prompt) + list(tokens)], device=model.device)
+    return model(ids).logits[0, len(prompt) - 1 : len(prompt) - 1 + len(tokens)].float()

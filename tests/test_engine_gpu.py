@@ -43,23 +43,34 @@ def prompts(vocab, lens=(3, 17, 40, 64, 130), seed=1):
 
 @pytest.mark.parametrize("variant", ["llama3", "qwen2", "mistral"])
 def test_bf16_matches_hf_on_gpu(tmp_path, variant):
+    """bf16 against HF in fp32 on the GPU, held to HF's own bf16 error.
+
+    Greedy decoding in bf16 can take a different token where the fp32 reference's top two are nearly
+    tied; up to the first difference the tokens must agree, and a difference is allowed only at such a
+    near-tie. Logits are compared on the common prefix.
+    """
     pytest.importorskip("transformers")
-    from hf_reference import hf_greedy, save_tiny_checkpoint
+    from hf_reference import hf_greedy, hf_teacher_forced, save_tiny_checkpoint
 
     model = save_tiny_checkpoint(variant, tmp_path)
     ps = prompts(model.config.vocab_size)
-    hf = model.to("cuda", torch.bfloat16)
-    refs = [hf_greedy(hf, p, STEPS) for p in [torch.tensor(x).tolist() for x in ps]]
+    ref32 = model.to("cuda", torch.float32)
+    refs = [hf_greedy(ref32, p, STEPS) for p in ps]
+    hf16 = model.to("cuda", torch.bfloat16)
+    hf16_err = max(((hf_teacher_forced(hf16, p, t) - torch.stack(lg)).norm() / torch.stack(lg).norm()).item()
+                   for p, (t, lg) in zip(ps, refs, strict=True))
     for chunked in (True, False):
         toks, logits = run(ps, model=str(tmp_path), dtype="bfloat16", enable_chunked_prefill=chunked,
                            max_num_batched_tokens=64 if chunked else 512)
         for (ref_t, ref_l), t, lg in zip(refs, toks, logits, strict=True):
             ref_l = torch.stack(ref_l).float().cpu()
-            # compare logits on the steps where both followed the same prefix
             same = next((i for i, (a, b) in enumerate(zip(t, ref_t, strict=True)) if a != b), STEPS)
-            rel = ((lg[: same + 1] - ref_l[: same + 1]).norm() / ref_l[: same + 1].norm()).item()
-            assert rel <= 2e-2, f"bf16 logits relative error {rel:.3e}"
-            assert t == ref_t
+            n = min(same + 1, STEPS)
+            rel = ((lg[:n] - ref_l[:n]).norm() / ref_l[:n].norm()).item()
+            assert rel <= max(2e-2, 1.5 * hf16_err), f"bf16 logits error {rel:.3e} (HF bf16: {hf16_err:.3e})"
+            if same < STEPS:  # a near-tie in fp32: the two tokens' logits within bf16 noise of each other
+                gap = (ref_l[same, ref_t[same]] - ref_l[same, t[same]]).abs().item()
+                assert gap <= 0.05 * ref_l[same].abs().max().item(), f"diverged at step {same}, gap {gap:.3f}"
 
 
 def test_cuda_graphs_match_eager():

@@ -108,7 +108,9 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, num_pr
     return max(1, min(want, cap, max_splits))
 
 
-@triton.jit
+# Values that change from batch to batch are not specialized on (divisibility by 16, == 1): each new
+# combination would be a fresh JIT compile in the middle of serving, seconds of stalled GPU.
+@triton.jit(do_not_specialize=["scale_log2", "num_seqs", "num_work", "split_len", "num_splits", "stride_bt"])
 def _decode_kernel(
     q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, mid_o_ptr, mid_lse_ptr,
     scale_log2, num_seqs, num_work, split_len, num_splits,
@@ -177,7 +179,7 @@ def _decode_kernel(
                 tl.store(mid_lse_ptr + row, m_i + tl.log2(l_safe), mask=g < GROUP)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_items", "num_splits", "split_len"])
 def _decode_reduce_kernel(
     mid_o_ptr, mid_lse_ptr, ctx_ptr, out_ptr, num_items, num_heads, num_splits, split_len,
     stride_os, stride_oh, HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr,

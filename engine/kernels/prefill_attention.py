@@ -91,7 +91,7 @@ def _attend(q, m_i, l_i, acc, kc_ptr, vc_ptr, bt_row_ptr, head_off, q_pos, lo, h
     return m_i, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["scale_log2", "stride_bt"])  # per-batch values: no recompiles mid-run
 def _prefill_kernel(
     q_ptr, kc_ptr, vc_ptr, bt_ptr, seq_lens_ptr, cu_q_ptr, out_ptr, scale_log2,
     stride_qt, stride_qh, stride_cb, stride_ch, stride_ct, stride_bt, stride_ot, stride_oh,
