@@ -38,5 +38,12 @@ def nano_batch_plan(num_nano_batches: int = 2, decode_sm_budget: int | None = No
 
 
 def default_plan(model: ModelConfig) -> PipelinePlan:
-    """The plan `--engine nanoflow` runs without `--plan`: two nano-batches, attention on its own stream."""
-    return nano_batch_plan(2, name=f"default-{model.name}")
+    """The plan `--engine nanoflow` runs without `--plan`.
+
+    Measured on an H200 with llama-3-8b (results/reference/h200/engine-sequential.json), the two-nano-batch
+    overlap plan on plain streams was 1.01x of sequential on 1024/512, 0.93x on 512/512 and 0.75x on
+    ShareGPT: full-grid kernels on two streams interfere more than they overlap. Until `nanotune search`
+    (or better SM partitioning) finds a plan that wins, the default is the sequential plan.
+    """
+    return PipelinePlan("sequential", PipelinePlan.sequential().ops, meta={"model": model.name,
+                                                                           "why": "overlap measured slower"})
