@@ -205,3 +205,16 @@ def test_ks_distance():
         np.random.default_rng(0).normal(size=4000), np.random.default_rng(1).normal(size=4000)
     )
     assert shifted < 0.05
+
+
+@pytest.mark.parametrize("name", CALIBRATED)
+def test_calibrated_matches_embedded_reference_figures(name):
+    """Runs everywhere (CI has no ../shared): the reference file's figures, as calibrate_traces.py recorded
+    them beside the quantile tables, against 10,000 fresh draws. The file-based test above checks that
+    those recorded figures are the files' own."""
+    want = load_calibration()["datasets"][name]["reference"]
+    got = trace_stats(generate(name, 10_000, 11))
+    for side in ("prompt_len", "output_len"):
+        for key in ("mean", "p50", "p90", "p99"):
+            g, w = getattr(getattr(got, side), key), want[side][key]
+            assert within(g, w), f"{name} {side} {key}: {g:.1f} vs reference {w:.1f}"
