@@ -21,8 +21,14 @@ class BatchBuilder:
         self.device = device
         self.prefill_ranges = [i for i in plan.ops if i.op == "prefill_attn"]
 
-    def host_arrays(self, batch: ScheduledBatch, pad_to: int | None = None) -> dict[str, np.ndarray]:
-        """The batch as numpy arrays (rows padded to pad_to for CUDA-graph buckets)."""
+    def host_arrays(self, batch: ScheduledBatch, pad_to: int | None = None,
+                    pending: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+        """The batch as numpy arrays (rows padded to pad_to for CUDA-graph buckets).
+
+        pending: request id -> index of its token in the previous iteration's sampled tensor, for decode
+        rows whose input token is still on the GPU (async scheduling); those rows are listed in
+        fix_rows / fix_src and filled on the device.
+        """
         bs = self.bs
         n_rows = pad_to or batch.num_tokens
         ids = np.zeros(n_rows, np.int64)
@@ -35,13 +41,17 @@ class BatchBuilder:
         width = self.max_blocks if pad_to else max((len(s.request.block_ids) for s in batch.seqs[:nd]), default=1)
         dec_bt = np.zeros((nd_rows, width), np.int32)
         dec_ctx = np.ones(nd_rows, np.int32)  # padding rows attend to one (garbage) token, never NaN
-        logits_rows = []
+        logits_rows, fix_rows, fix_src = [], [], []
         row = 0
         for i, s in enumerate(batch.seqs):
             req, n, start = s.request, s.num_tokens, s.start
             blocks = req.block_ids
             if i < nd:  # decode: one token at position `start`, the request's newest token
-                ids[row] = req.output_ids[-1] if req.output_ids else req.prompt_ids[-1]
+                if req.has_pending:  # the token is still on the GPU: gathered there (fix_rows)
+                    fix_rows.append(row)
+                    fix_src.append(pending[req.request_id])
+                else:
+                    ids[row] = req.output_ids[-1] if req.output_ids else req.prompt_ids[-1]
                 pos[row] = start
                 slots[row] = blocks[start // bs] * bs + start % bs
                 dec_bt[i, : len(blocks)] = blocks
@@ -56,7 +66,8 @@ class BatchBuilder:
             if s.samples:
                 logits_rows.append(row - 1)
         return {"ids": ids, "pos": pos, "slots": slots, "dec_bt": dec_bt, "dec_ctx": dec_ctx,
-                "logits_rows": np.asarray(logits_rows, np.int64)}
+                "logits_rows": np.asarray(logits_rows, np.int64),
+                "fix_rows": np.asarray(fix_rows, np.int64), "fix_src": np.asarray(fix_src, np.int64)}
 
     def prefill_meta(self, batch: ScheduledBatch, n_rows: int) -> list[tuple[tuple[int, int], dict]]:
         """For each prefill_attn instance's row range: the pieces of prefill sequences inside it."""
@@ -86,11 +97,12 @@ class BatchBuilder:
                                  "max_q": max_q}))
         return out
 
-    def build(self, batch: ScheduledBatch) -> ForwardBatch:
-        h = self.host_arrays(batch)
+    def build(self, batch: ScheduledBatch, prev=None) -> ForwardBatch:
+        """prev: the previous iteration's StepHandle when some input tokens are still on the GPU."""
+        h = self.host_arrays(batch, pending=prev.sample_index if prev else None)
         metas = self.prefill_meta(batch, batch.num_tokens)
         # pack every int64 array and every int32 array into one buffer each: two copies, not a dozen
-        i64 = [h["ids"], h["pos"], h["slots"], h["logits_rows"]]
+        i64 = [h["ids"], h["pos"], h["slots"], h["logits_rows"], h["fix_rows"], h["fix_src"]]
         i32 = [h["dec_bt"].ravel(), h["dec_ctx"]]
         for _, m in metas:
             i32 += [m["cu"], m["lens"], m["bt"].ravel()]
@@ -101,6 +113,7 @@ class BatchBuilder:
                           slot_mapping=d64[2], logits_rows=d64[3],
                           decode_block_tables=d32[0].view(nd, -1) if nd else d32[0].view(0, 1),
                           decode_context_lens=d32[1])
+        fill_pending(fb.input_ids, d64[4], d64[5], prev)
         for k, (rng, m) in enumerate(metas):
             cu, lens, bt = d32[2 + 3 * k : 5 + 3 * k]
             fb.prefill[rng] = PrefillMeta(m["row_lo"], m["row_hi"], cu, lens, bt.view(-1, self.max_blocks),
@@ -118,3 +131,9 @@ def _upload(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor
         out.append(t[off : off + a.size])
         off += a.size
     return out
+
+
+def fill_pending(input_ids: torch.Tensor, rows: torch.Tensor, src: torch.Tensor, prev) -> None:
+    """input_ids[rows] = previous iteration's sampled tokens[src], on the device (no host round trip)."""
+    if rows.numel():
+        input_ids[rows] = prev.tokens_dev[src]

@@ -93,6 +93,7 @@ class EngineConfig:
     attention_backend: str = "auto"  # "auto" (triton on CUDA, torch on CPU) | "triton" | "torch"
     plan: str | None = None  # PipelinePlan JSON path; None = the sequential plan
     use_cuda_graphs: bool = True
+    async_scheduling: bool = True  # schedule + launch iteration n+1 before reading iteration n's tokens
     time_ops_every: int = 0  # every Nth iteration runs eagerly with per-op CUDA-event timings (0 = never)
     poison_kv_cache: bool = False  # fill the cache with NaN first (tests catch reads of unwritten slots)
     keep_logits: bool = False  # return each sampled token's logits (tests compare them with HF)

@@ -1,4 +1,4 @@
-"""LLMEngine: add_request / step / generate. One step = schedule() -> run() -> postprocess()."""
+"""LLMEngine: add_request / step / generate. One step = schedule() -> launch() -> advance(), then resolve()."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ class StepStats:
     num_tokens: int
     num_decode: int
     num_prefill_tokens: int
-    host_s: float  # scheduling + postprocess (Python) time
-    run_s: float  # input build + forward + sampling, to the sampled tokens on the host
+    host_s: float  # Python time of the step: schedule, build inputs, launch, resolve tokens
+    wait_s: float  # time blocked on the GPU for sampled tokens (async: the previous iteration's)
 
 
 class OpProfile:
@@ -81,6 +81,7 @@ class LLMEngine:
         self.last_logits = None
         self.num_steps = 0
         self.op_profile = OpProfile()
+        self._pending = None  # the launched iteration whose tokens are not yet on the host
 
     def set_plan(self, plan) -> None:
         """Run later iterations with another PipelinePlan (or a plan JSON path)."""
@@ -110,36 +111,64 @@ class LLMEngine:
         return req.request_id
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._pending is not None
 
     def step(self, timings: list | None = None) -> list[RequestOutput]:
-        """Run one iteration of the dense batch; returns the tokens it produced."""
+        """Run one iteration of the dense batch; returns the tokens that reached the host.
+
+        With async scheduling (the default) the next iteration is scheduled and launched before this
+        one's sampled tokens are read back, so the GPU never waits on Python between iterations; decode
+        inputs not yet on the host are gathered on the device. Outputs then trail the launch by one
+        step. A timed iteration (per-op CUDA events) runs synchronously.
+        """
         t0 = time.perf_counter()
-        batch: ScheduledBatch = self.scheduler.schedule()
-        if not batch.seqs:
-            if self.scheduler.waiting and not self.scheduler.running:
-                raise RuntimeError("scheduler made no progress with an empty cache (a bug: check_fits passed)")
-            return []
-        t1 = time.perf_counter()
         every = self.config.time_ops_every
         if timings is None and every and self.num_steps % every == every - 1:
             timings = []  # a sampled iteration: per-op CUDA-event timings into op_profile
-        sampled, logits = self.runner.execute(batch, timings)
-        if timings:
-            self.op_profile.add(batch, timings)
-        self.num_steps += 1
-        t2 = time.perf_counter()
-        outputs = self.scheduler.postprocess(batch, sampled)
-        if logits is not None:
-            rows = iter(logits)
-            self.last_logits = {s.request.request_id: next(rows) for s in batch.seqs if s.samples}
+        is_async = self.config.async_scheduling and timings is None
+        outputs, wait = [], 0.0
+        self.last_logits = {} if self.config.keep_logits else None
+        if self._pending is not None and not is_async:
+            outs, wait = self._resolve(self._pending)
+            outputs += outs
+            self._pending = None
+        batch: ScheduledBatch = self.scheduler.schedule()
+        handle = None
+        if batch.seqs:
+            handle = self.runner.launch(batch, self._pending, timings)
+            self.scheduler.advance(batch)
+            self.num_steps += 1
+        elif self._pending is None and self.scheduler.waiting and not self.scheduler.running:
+            raise RuntimeError("scheduler made no progress with an empty cache (a bug: check_fits passed)")
+        if self._pending is not None:  # the previous iteration's tokens, while this one runs
+            outs, w = self._resolve(self._pending)
+            outputs, wait = outputs + outs, wait + w
+        self._pending = handle
+        if handle is not None and not is_async:
+            outs, w = self._resolve(handle)
+            outputs, wait = outputs + outs, wait + w
+            self._pending = None
+            if timings:
+                self.op_profile.add(batch, timings)
+        if batch.seqs:
+            self.last_step = StepStats(batch.num_tokens, batch.num_decode, batch.num_prefill_tokens,
+                                       time.perf_counter() - t0 - wait, wait)
+        return outputs
+
+    def _resolve(self, handle) -> tuple[list[RequestOutput], float]:
+        """Read a launched iteration's tokens (waiting for that iteration only) and hand them to the scheduler."""
+        t = time.perf_counter()
+        sampled = handle.sampled()
+        wait = time.perf_counter() - t
+        outputs = self.scheduler.resolve(handle.batch, sampled)
+        if handle.logits is not None:
+            rows = iter(handle.logits)
+            self.last_logits.update({s.request.request_id: next(rows) for s in handle.batch.seqs if s.samples})
         for o in outputs:
             if o.is_finished:
                 self.runner.sampler.forget(o.request_id)
                 self.requests.pop(o.request_id, None)
-        self.last_step = StepStats(batch.num_tokens, batch.num_decode, batch.num_prefill_tokens,
-                                   (t1 - t0) + (time.perf_counter() - t2), t2 - t1)
-        return outputs
+        return outputs, wait
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
                  ) -> list[list[int]]:

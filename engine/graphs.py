@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engine.batch_builder import fill_pending
 from engine.models.forward import ForwardBatch
 from engine.scheduler import ScheduledBatch
 
@@ -59,15 +60,17 @@ class DecodeGraphs:
     def can_run(self, batch: ScheduledBatch) -> bool:
         return batch.is_decode_only and 0 < len(batch) <= self.max_batch
 
-    def run(self, batch: ScheduledBatch) -> torch.Tensor:
+    def run(self, batch: ScheduledBatch, prev=None) -> torch.Tensor:
         n = len(batch)
         b = next(s for s in self.sizes if s >= n)
-        h = self.runner.builder.host_arrays(batch, pad_to=b)
-        packed = torch.from_numpy(np.concatenate([h["ids"], h["pos"], h["slots"]])).pin_memory()
-        dev = packed.to(self.runner.device, non_blocking=True)
+        h = self.runner.builder.host_arrays(batch, pad_to=b, pending=prev.sample_index if prev else None)
+        nf = len(h["fix_rows"])
+        packed = torch.from_numpy(np.concatenate([h["ids"], h["pos"], h["slots"], h["fix_rows"], h["fix_src"]]))
+        dev = packed.pin_memory().to(self.runner.device, non_blocking=True)
         self.ids[:b].copy_(dev[:b])
         self.pos[:b].copy_(dev[b : 2 * b])
-        self.slots[:b].copy_(dev[2 * b :])
+        self.slots[:b].copy_(dev[2 * b : 3 * b])
+        fill_pending(self.ids, dev[3 * b : 3 * b + nf], dev[3 * b + nf :], prev)
         packed32 = torch.from_numpy(np.concatenate([h["dec_bt"].ravel(), h["dec_ctx"]])).pin_memory()
         dev32 = packed32.to(self.runner.device, non_blocking=True)
         self.bt[:b].copy_(dev32[: b * self.bt.shape[1]].view(b, -1))

@@ -44,6 +44,10 @@ class RequestStatus(enum.Enum):
 
 _ids = itertools.count()
 
+# An output slot whose token is still on the GPU (async scheduling: the next iteration is scheduled
+# before this one's sampled tokens reach the host; its decode input is read on the device).
+PENDING_TOKEN = -1
+
 
 @dataclass(eq=False)
 class Request:
@@ -58,6 +62,11 @@ class Request:
     block_ids: list[int] = field(default_factory=list)
     num_preemptions: int = 0
     finish_reason: str | None = None  # "length" | "stop"
+    num_resolved: int = 0  # output_ids[:num_resolved] are known tokens; the rest are PENDING_TOKEN
+
+    @property
+    def has_pending(self) -> bool:
+        return len(self.output_ids) > self.num_resolved
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -5,6 +5,7 @@ one ScheduledBatch: build inputs, execute the plan, sample.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,6 +39,25 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise EngineConfigError(f"dtype '{name}': choose one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+@dataclass
+class StepHandle:
+    """One launched iteration: its sampled tokens on the device and (once `ready`) on the host."""
+
+    batch: ScheduledBatch
+    tokens_dev: torch.Tensor  # int64 [num_sampled], on the device
+    tokens_host: torch.Tensor  # the same, in pinned host memory after `ready`
+    ready: torch.cuda.Event | None
+    logits: torch.Tensor | None
+    sample_index: dict[str, int]  # request id -> row in tokens_dev
+
+    def sampled(self) -> list[int | None]:
+        """Per scheduled seq: its token, or None where the chunk does not sample. Waits for this step only."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        it = iter(self.tokens_host.tolist())
+        return [next(it) if s.samples else None for s in self.batch.seqs]
 
 
 class ModelRunner:
@@ -118,20 +138,34 @@ class ModelRunner:
                          weights_bytes=self.weights.num_bytes, activation_bytes=workspace_bytes)
 
     # ---- one iteration ------------------------------------------------------------------------------
-    def execute(self, batch: ScheduledBatch, timings: list[OpTiming] | None = None):
-        """-> (sampled token per seq (None where the chunk does not sample), logits [S, V] or None)."""
+    def launch(self, batch: ScheduledBatch, prev: StepHandle | None = None,
+               timings: list[OpTiming] | None = None) -> StepHandle:
+        """Enqueue the batch's forward and sampling; returns at once on CUDA (tokens come via the handle).
+
+        prev: the previous, unresolved iteration, whose sampled tokens feed this one's decode rows."""
         if self.graphs is not None and timings is None and self.graphs.can_run(batch):
-            logits = self.graphs.run(batch)
+            logits = self.graphs.run(batch, prev)
         else:
-            fb = self.builder.build(batch)
+            fb = self.builder.build(batch, prev)
             self.executor.forward(fb, timings)
             logits = self.model.logits(fb)
         sampling = [s for s in batch.seqs if s.samples]
         tokens = self.sampler.sample(logits, [s.request.params for s in sampling],
                                      [s.request.request_id for s in sampling])
-        it = iter(tokens)
-        sampled = [next(it) if s.samples else None for s in batch.seqs]
-        return sampled, (logits if self.config.keep_logits else None)
+        index = {s.request.request_id: i for i, s in enumerate(sampling)}
+        keep = logits.clone() if self.config.keep_logits else None  # graph outputs are overwritten next replay
+        if self.device.type != "cuda":
+            return StepHandle(batch, tokens, tokens, None, keep, index)
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return StepHandle(batch, tokens, host, ready, keep, index)
+
+    def execute(self, batch: ScheduledBatch, timings: list[OpTiming] | None = None):
+        """Synchronous launch: -> (sampled token per seq (None where no sample), logits [S, V] or None)."""
+        h = self.launch(batch, None, timings)
+        return h.sampled(), h.logits
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

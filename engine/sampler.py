@@ -24,10 +24,10 @@ class Sampler:
     def forget(self, request_id: str) -> None:
         self.generators.pop(request_id, None)
 
-    def sample(self, logits: torch.Tensor, params: list[SamplingParams], request_ids: list[str]) -> list[int]:
-        """logits fp32 [S, V] -> S token ids. Greedy rows take one batched argmax; the rest sample."""
-        if logits.shape[0] == 0:
-            return []
+    def sample(self, logits: torch.Tensor, params: list[SamplingParams], request_ids: list[str]) -> torch.Tensor:
+        """logits fp32 [S, V] -> int64 [S] token ids on the logits' device (no host sync).
+
+        Greedy rows take one batched argmax; the rest sample with their request's generator."""
         tokens = logits.argmax(dim=-1)
         random_rows = [i for i, p in enumerate(params) if not p.is_greedy]
         for i in random_rows:
@@ -44,4 +44,4 @@ class Sampler:
                 sorted_p = sorted_p.masked_fill(drop, 0.0)
                 probs = torch.zeros_like(probs).scatter_(0, idx, sorted_p)
             tokens[i] = torch.multinomial(probs, 1, generator=self._gen(request_ids[i], p))[0]
-        return tokens.tolist()
+        return tokens

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from engine.block_manager import BlockManager
-from engine.request import Request, RequestOutput, RequestStatus
+from engine.request import PENDING_TOKEN, Request, RequestOutput, RequestStatus
 
 
 @dataclass
@@ -171,6 +171,8 @@ class Scheduler:
         # 3. Admit waiting requests while tokens, sequence slots and predicted KV allow.
         while self.waiting and budget > 0 and len(self.running) < c.max_num_seqs:
             req = self.waiting[0]
+            if req.has_pending:  # preempted with a token still on the GPU: recompute once it is known
+                break
             todo = req.num_tokens
             if not c.enable_chunked_prefill and todo > budget:
                 break
@@ -192,26 +194,51 @@ class Scheduler:
         prefill = [s for s in prefill if id(s.request) not in preempted]
         return ScheduledBatch(decode + prefill, len(decode), self._preempted)
 
-    def postprocess(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[RequestOutput]:
-        """Advance each scheduled request by what ran; append sampled tokens; finish and free."""
+    def _finish(self, req: Request, reason: str) -> None:
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+        if req.block_ids:
+            self.blocks.free(req.block_ids)
+            req.block_ids = []
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:  # preempted while its last token was still on the GPU
+            self.waiting.remove(req)
+
+    def advance(self, batch: ScheduledBatch) -> None:
+        """The batch has been launched: count its tokens as computed and give each sampling request a
+        PENDING_TOKEN slot, so the next iteration can be scheduled before the tokens are known. A request
+        that reached max_tokens is finished (and its blocks freed) now: that needs no token value."""
+        for seq in batch.seqs:
+            req = seq.request
+            if req.is_finished:
+                continue
+            req.num_computed_tokens = seq.start + seq.num_tokens
+            if seq.samples:
+                req.output_ids.append(PENDING_TOKEN)
+                if len(req.output_ids) >= req.params.max_tokens:
+                    self._finish(req, "length")
+
+    def resolve(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[RequestOutput]:
+        """The batch's sampled tokens reached the host: fill the pending slots, stop at EOS/stop tokens."""
         outputs = []
         eos = set(self.config.eos_token_ids)
         for seq, tok in zip(batch.seqs, sampled, strict=True):
             req = seq.request
-            req.num_computed_tokens = seq.start + seq.num_tokens
-            if not seq.samples:
-                continue
-            req.output_ids.append(tok)
+            if not seq.samples or req.num_resolved >= len(req.output_ids):
+                continue  # (a request stopped by an earlier token had its later slots dropped)
+            req.output_ids[req.num_resolved] = tok
+            req.num_resolved += 1
             p = req.params
-            if len(req.output_ids) >= p.max_tokens:
-                req.finish_reason = "length"
-            elif not p.ignore_eos and (tok in eos or tok in p.stop_token_ids):
-                req.finish_reason = "stop"
-            if req.finish_reason:
-                req.status = RequestStatus.FINISHED
-                self.blocks.free(req.block_ids)
-                req.block_ids = []
-                self.running.remove(req)
-            outputs.append(RequestOutput(req.request_id, [tok], req.is_finished, req.finish_reason,
-                                         len(req.output_ids)))
+            if req.finish_reason is None and not p.ignore_eos and (tok in eos or tok in p.stop_token_ids):
+                del req.output_ids[req.num_resolved:]  # tokens scheduled after the stop are discarded
+                self._finish(req, "stop")
+            done = req.is_finished and req.num_resolved == len(req.output_ids)
+            outputs.append(RequestOutput(req.request_id, [tok], done, req.finish_reason if done else None,
+                                         req.num_resolved))
         return outputs
+
+    def postprocess(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[RequestOutput]:
+        """Synchronous step: advance and resolve at once."""
+        self.advance(batch)
+        return self.resolve(batch, sampled)

@@ -51,16 +51,16 @@ def run_one(engine, label: str, trace, peak, warmups: int, device: str) -> dict:
     from nanotune.bench.runner import run_bench
 
     engine.op_profile.__init__()
-    host0 = dict(host=0.0, run=0.0)
+    host0 = dict(host=0.0, wait=0.0)
     t_steps = []
 
     step = engine.step
 
-    def timed_step(*a, **k):  # host (Python) vs run (build + GPU + sample) time per iteration
+    def timed_step(*a, **k):  # host (Python) time vs time blocked on the GPU, per iteration
         out = step(*a, **k)
         if engine.last_step is not None:
             host0["host"] += engine.last_step.host_s
-            host0["run"] += engine.last_step.run_s
+            host0["wait"] += engine.last_step.wait_s
             t_steps.append(engine.last_step.num_tokens)
         return out
 
@@ -78,7 +78,9 @@ def run_one(engine, label: str, trace, peak, warmups: int, device: str) -> dict:
             "optimal_total_token_throughput", "efficiency", "mean_ttft_ms", "mean_tpot_ms",
             "normalized_latency_ms", "steady"]
     return {"metrics": {k: m.get(k) for k in keep}, "op_profile": engine.op_profile.summary(),
-            "host_fraction": host0["host"] / max(host0["host"] + host0["run"], 1e-9),
+            # share of step wall time spent in Python (with async scheduling it overlaps the GPU's work)
+            "host_fraction": host0["host"] / max(host0["host"] + host0["wait"], 1e-9),
+            "host_ms_per_step": 1e3 * host0["host"] / max(len(t_steps), 1),
             "mean_step_tokens": sum(t_steps) / max(len(t_steps), 1), "num_steps": len(t_steps),
             "num_preemptions": engine.stats()["num_preemptions"],
             "backend": outcome.result["points"][-1]["runs"][-1]["backend"]}
@@ -96,6 +98,8 @@ def main() -> None:
     ap.add_argument("--hf-requests", type=int, default=64, help="0 skips the HF peer")
     ap.add_argument("--warmups", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare-sync", action="store_true",
+                    help="also run the first workload with async scheduling off (the first plan)")
     ap.add_argument("--device", default="cuda", help="cpu only to check the script itself (tiny model)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -156,6 +160,16 @@ def main() -> None:
             print(f"{w:10s} {plan.name:14s} total {m['total_token_throughput']:9.0f} tok/s  "
                   f"output {m['output_throughput']:8.0f}  eff {m['efficiency']:.3f}  "
                   f"host {r['host_fraction']:.1%}  steps {r['num_steps']}", flush=True)
+    if args.compare_sync:  # the same workload and plan with the host in the loop between iterations
+        engine.set_plan(plans[0])
+        engine.config = engine.config.replace(async_scheduling=False)
+        r = run_one(engine, f"{names[0]}-{plans[0].name}-sync", traces[names[0]], peak, args.warmups, args.device)
+        engine.config = engine.config.replace(async_scheduling=True)
+        async_tps = out["workloads"][names[0]]["plans"][plans[0].name]["metrics"]["total_token_throughput"]
+        out["sync_scheduling"] = {"workload": names[0], "plan": plans[0].name, **r,
+                                  "async_over_sync": async_tps / r["metrics"]["total_token_throughput"]}
+        save()
+        print(f"async/sync scheduling on {names[0]}: {out['sync_scheduling']['async_over_sync']:.3f}x", flush=True)
     if sub is not None:
         peer = out["hf_peer"]
         hf_tps = peer["hf"]["metrics"]["total_token_throughput"]
