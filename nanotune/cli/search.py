@@ -1,12 +1,118 @@
-"""`nanotune search` (not built yet)."""
+"""`nanotune search`: tune the nano-batch pipeline with Optuna on the performance model, validate the best
+plans on the engine when a GPU is here, and write the plan, the study and plots. Thin over
+nanotune.search.run.search.
+
+    nanotune search --model llama-3-8b --trace sharegpt --n-trials 200 --validate 3
+    nanotune search --model llama-70b --tp 8 --gpu h100 --trace constant:1024:512
+    nanotune search --profile my-profile.json --objective both --tpot-limit 40
+    nanotune search --study NAME --resume --n-trials 100
+"""
+
+from __future__ import annotations
 
 import click
 
-from nanotune.errors import NotBuiltError
+from nanotune.errors import UserError
 
 
-@click.command(name="search", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def command(args):
-    """Not built yet: says so and exits 2."""
-    raise NotBuiltError("'nanotune search' is not built yet")
+class _OneLineErrors(click.Command):
+    """Bad option values become one `error:` line with exit 2, like every other user mistake."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise UserError(e.format_message()) from None
+
+
+@click.command(name="search", cls=_OneLineErrors)
+@click.option("--model", help="Model preset or short name (llama-70b -> llama-3-70b) [default: the profile's, "
+                              "else llama-3-8b].")
+@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="Tensor-parallel degree.")
+@click.option("--gpu", metavar="NAME", help="Use the committed reference profile "
+                                            "results/reference/NAME/profile-<model>-tp<N>.json (any machine).")
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=True), help="Use this profile file.")
+@click.option("--trace", "--workload", "workload", default="sharegpt", show_default=True,
+              help="sharegpt, lmsys, splitwise, constant:IN:OUT, random:IN:OUT, or a trace file.")
+@click.option("-n", "--num-requests", type=click.IntRange(min=1),
+              help="Requests drawn for the workload's statistics [default: 2000; a file: all].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and the workload.")
+@click.option("--objective", type=click.Choice(["throughput", "latency", "both"]), default="throughput",
+              show_default=True, help="both: a Pareto front of throughput and TPOT (NSGA-II).")
+@click.option("--tpot-limit", type=click.FloatRange(min=0, min_open=True), metavar="MS",
+              help="Plans whose predicted TPOT exceeds this are infeasible.")
+@click.option("--n-trials", type=click.IntRange(min=1), help="Trials to run [default: 100 unless --timeout].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds.")
+@click.option("--study", "study_name", help="Study name [default: model, workload, objective and time].")
+@click.option("--storage", metavar="URL", help="Optuna RDB URL [default: sqlite:///results/search/<study>.db].")
+@click.option("--resume", is_flag=True, help="Continue the study named by --study.")
+@click.option("--max-num-seqs", type=click.IntRange(min=1),
+              help="Fix the engine's decode batch cap [default: searched over 128..1024].")
+@click.option("--gpu-memory-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True)
+@click.option("--gpu-memory-gib", type=click.FloatRange(min=0, min_open=True),
+              help="Card memory, when the profile's GPU is not one nanotune knows.")
+@click.option("--composition", type=click.Choice(["steady", "replay"]), default="steady", show_default=True,
+              help="Batch composition: the workload's steady state, or the scheduler replayed over the trace.")
+@click.option("--validate", "validate_k", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
+              help="Run the best K plans and the hand-written ones (sequential, default, nb2) on the engine and "
+                   "report predicted against measured (needs a GPU).")
+@click.option("--validate-requests", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Requests of the workload each validated plan runs, offline.")
+@click.option("--results-dir", type=click.Path(file_okay=False), envvar="NANOTUNE_RESULTS",
+              help="Where run directories go [default: ./results; env NANOTUNE_RESULTS].")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def command(**o):
+    """Tune the nano-batch pipeline on a profile-driven performance model (Optuna)."""
+    from nanotune.console import console, err_console
+    from nanotune.search.run import SearchConfig, search
+
+    if o["resume"] and not o["study_name"]:
+        raise UserError("--resume needs --study NAME (the study to continue)")
+    cfg = SearchConfig(
+        model=o["model"], tp=o["tp"], gpu=o["gpu"], profile=o["profile_path"], workload=o["workload"],
+        num_requests=o["num_requests"], seed=o["seed"], objective=o["objective"], tpot_limit_ms=o["tpot_limit"],
+        n_trials=o["n_trials"] or (None if o["timeout"] else 100), timeout_s=o["timeout"],
+        study=o["study_name"], storage=o["storage"],
+        resume=o["resume"], max_num_seqs=o["max_num_seqs"], gpu_memory_fraction=o["gpu_memory_fraction"],
+        gpu_memory_gib=o["gpu_memory_gib"], composition=o["composition"], validate=o["validate_k"],
+        validate_requests=o["validate_requests"], results_dir=o["results_dir"], progress=not o["no_progress"])
+    result, run_dir = search(cfg, log=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False))
+    console.print(_table(result))
+    v = result.get("validation") or {}
+    if v.get("iteration_mape") is not None:
+        console.print(f"model error (MAPE) on {len(v['plans'])} plans: iteration time {v['iteration_mape']:.1%}, "
+                      f"throughput {v['throughput_mape']:.1%}", highlight=False)
+    st = result["study"]
+    console.print(f"study '{st['name']}': {st['num_trials']} trials ({st['num_pruned']} pruned) in {st['storage']}; "
+                  f"continue with --study {st['name']} --resume", highlight=False)
+    console.print(f"wrote {run_dir / 'plan.json'} and {run_dir / 'result.json'}", highlight=False)
+
+
+def _table(result: dict):
+    from rich.table import Table
+
+    v = {r["label"]: r for r in (result.get("validation") or {}).get("plans", [])}
+    t = Table(title=f"{result['model']} TP {result['tp']} on {result['profile']['gpu']}, "
+                    f"{result['workload']['label']} (predicted{', measured' if v else ''})")
+    for col in ("plan", "dense batch", "max seqs", "decode seqs", "TPOT ms", "tok/s"):
+        t.add_column(col, justify="right" if col != "plan" else "left")
+    if v:
+        t.add_column("measured tok/s", justify="right")
+    seq = result["baselines"].get("sequential", {}).get("total_token_throughput")
+    t.add_column("vs sequential", justify="right")
+    rows = [("tuned", result["best"])] + [(k, b) for k, b in result["baselines"].items() if "infeasible" not in b]
+    limit = result.get("tpot_limit_ms")
+    if limit:
+        t.caption = f"* over the TPOT limit of {limit:g} ms"
+    for label, r in rows:
+        if limit and r["tpot_ms"] > limit:
+            label += " *"
+        cells = [label, str(r["dense_batch_tokens"]), str(r["max_num_seqs"]), f"{r['batch']['num_decode']:.0f}",
+                 f"{r['tpot_ms']:.2f}",
+                 f"{r['total_token_throughput']:,.0f}"]
+        if v:
+            m = v.get(label, {}).get("measured", {}).get("total_token_throughput")
+            cells.append(f"{m:,.0f}" if m else "")
+        cells.append(f"{r['total_token_throughput'] / seq:.2f}x" if seq else "")
+        t.add_row(*cells)
+    return t

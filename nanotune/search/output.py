@@ -1,0 +1,96 @@
+"""Writing a search run to results/<run-id>/: the tuned plan (PipelinePlan JSON, what `nanotune bench
+--plan` and EngineConfig(plan=...) take), the Pareto plans, a copy of the study (sqlite) and its trials
+as CSV, plots, and result.json last (atomically), so a result.json that exists has its files beside it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from nanotune.results import write_json_atomic
+from nanotune.search import perfmodel, profiledata
+from nanotune.search.perfmodel import BatchShape, predict
+from nanotune.search.plots import bars_from_prediction, bars_from_timings, gantt, study_plots
+
+SCHEMA = "nanotune.search/1"
+MAX_PARETO_PLANS = 8
+
+
+def model_notes(ctx, composition: str) -> list[str]:
+    """The model's assumptions, written into every result so a reader knows what was and was not measured."""
+    notes = [
+        "interference: each measured pair's spans (both started together) are turned into each op's slowdown "
+        "while overlapped; the simulation stretches ops only while they overlap",
+        f"launch gap: {perfmodel.LAUNCH_GAP_MS * 1e3:g} us idle on a stream between kernels (eager iterations; "
+        "measured on an H200 sequential run)",
+        f"interference: pairs the profile did not measure (same ops or same kinds) take a slowdown of "
+        f"{profiledata.DEFAULT_SLOWDOWN} each: overlap gains nothing over back to back (plain-stream pairs "
+        f"measured about that on an H200); collectives {profiledata.DEFAULT_COMM_SLOWDOWN}",
+        "lm_head + sampling: estimated from the profile's peaks (not a layer op; not profiled)",
+        "not modelled: host time (async scheduling, CUDA graphs), stream priorities, launch gaps",
+    ]
+    if composition == "steady":
+        notes.append("batch composition: the steady state of an endless supply of the workload's requests; a "
+                     "finite offline run also ramps up and drains (validation replays the real scheduler)")
+    if ctx.tp > 1:
+        notes.append(f"TP {ctx.tp}: all-reduce after o_proj and down estimated as a ring over "
+                     f"{perfmodel.ALLREDUCE_BUS_GB_S:g} GB/s (profiles cannot time it without peers); the engine "
+                     "runs one GPU today, so the collective placement is a modelled choice in the plan's meta")
+    return notes
+
+
+def save_plans(run_dir: Path, best_plan, pareto: list) -> dict:
+    """plan.json (the tuned plan) and, for two objectives, plans/pareto-<trial>.json."""
+    best_plan.save(run_dir / "plan.json")
+    files = {"plan": "plan.json"}
+    if pareto:
+        (run_dir / "plans").mkdir(exist_ok=True)
+        for trial, plan in pareto[:MAX_PARETO_PLANS]:
+            plan.save(run_dir / "plans" / f"pareto-{trial}.json")
+        files["pareto"] = [f"plans/pareto-{t}.json" for t, _ in pareto[:MAX_PARETO_PLANS]]
+    return files
+
+
+def save_study(study, storage: str, run_dir: Path) -> dict:
+    """A copy of the study in the run directory (any storage -> sqlite) and its trials as CSV."""
+    import optuna
+
+    db = run_dir / "study.db"
+    optuna.copy_study(from_study_name=study.study_name, from_storage=storage,
+                      to_storage=f"sqlite:///{db}")
+    study.trials_dataframe().to_csv(run_dir / "trials.csv", index=False)
+    return {"study": db.name, "trials": "trials.csv"}
+
+
+def save_plots(study, run_dir: Path, objective: str, best_eval, profile, validation: dict | None
+               ) -> tuple[dict, dict]:
+    made, skipped = study_plots(study, run_dir, objective)
+    try:
+        made["gantt"] = save_gantt(run_dir, best_eval, profile, validation).name
+    except Exception as e:  # never lose a search result to a drawing problem
+        skipped["gantt"] = f"{type(e).__name__}: {e}"[:200]
+    return made, skipped
+
+
+def save_gantt(run_dir: Path, best_eval, profile, validation: dict | None) -> Path:
+    """The best plan's predicted timeline at its steady-state batch; when validated, the prediction for the
+    measured iteration's own batch above the measured timeline."""
+    panels = [(f"predicted: {best_eval.plan.name}, steady-state batch of {best_eval.batch.num_tokens} tokens "
+               f"({best_eval.batch.num_decode:.0f} decode), {best_eval.prediction.layers_ms:.2f} ms over all layers",
+               bars_from_prediction(best_eval.prediction))]
+    measured = (validation or {}).get("gantt_measured")
+    if measured:  # the measured iteration next to the prediction for that same batch
+        b = BatchShape(**measured["batch"])
+        pred = predict(best_eval.plan, profile, b)
+        panels = [(f"predicted for the measured iteration's batch ({b.num_tokens} tokens, "
+                   f"{b.num_decode:.0f} decode)", bars_from_prediction(pred)),
+                  (f"measured (CUDA events, iteration {measured['iteration']})",
+                   bars_from_timings(measured["timings"]))]
+    names = [f"stream {i}" for i in range(best_eval.plan.num_streams)] + ["collectives"]
+    return gantt(run_dir / "gantt.png", panels, f"{best_eval.plan.name} on {profile.gpu_name}", names)
+
+
+def write_result(run_dir: Path, result: dict) -> Path:
+    result = {"schema": SCHEMA, "kind": "search", "run_id": run_dir.name,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "partial": False, **result}
+    return write_json_atomic(run_dir / "result.json", result)

@@ -1,0 +1,212 @@
+"""The one entry point behind `nanotune search`: resolve model, profile and workload; run the study on the
+performance model; predict the baselines; validate on the engine when a GPU is here; write results/<run-id>/.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from nanotune.errors import UserError
+from nanotune.results import environment, new_run_dir, results_root
+from nanotune.search import output, resolve
+from nanotune.search.capacity import ShardShapes, WorkloadStats, gpu_memory_gib
+from nanotune.search.objective import OBJECTIVES, Objective, SearchContext, evaluate, full_params
+from nanotune.search.space import ENGINE_DEFAULT_DENSE_BATCH, ENGINE_DEFAULT_MAX_NUM_SEQS, Infeasible, build_plan
+from nanotune.search.study import open_study, pareto, prune_summary, ranked_trials, run_study, storage_url
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    model: str | None = None  # preset or short name; default: the profile's model, else llama-3-8b
+    tp: int = 1
+    gpu: str | None = None  # use results/reference/<gpu>/profile-<model>-tp<N>.json
+    profile: str | None = None  # an explicit profile file
+    workload: str = "sharegpt"  # dataset name, constant:IN:OUT, random:IN:OUT or a trace file
+    num_requests: int | None = None
+    seed: int = 0
+    objective: str = "throughput"
+    tpot_limit_ms: float | None = None
+    n_trials: int | None = 100
+    timeout_s: float | None = None
+    study: str | None = None
+    storage: str | None = None
+    resume: bool = False
+    max_num_seqs: int | None = None  # None: searched (MAX_NUM_SEQS choices)
+    gpu_memory_fraction: float = 0.9
+    gpu_memory_gib: float | None = None
+    block_size: int = 16
+    composition: str = "steady"
+    validate: int = 0  # best K plans to run on the engine (with the sequential and default plans)
+    validate_requests: int = 256
+    results_dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"--objective '{self.objective}': expected one of {', '.join(OBJECTIVES)}")
+        if self.tp < 1:
+            raise UserError(f"--tp {self.tp}: expected >= 1")
+        if self.n_trials is None and self.timeout_s is None:
+            raise UserError("give --n-trials or --timeout (or both)")
+
+
+def _has_gpu() -> bool:
+    from nanotune.search.validate import gpu_available
+
+    return gpu_available()
+
+
+def prepare(cfg: SearchConfig, log) -> tuple[SearchContext, dict]:
+    """Model, profile, workload -> the model context and the identity of the study."""
+    from engine.presets import get_preset
+
+    has_gpu = _has_gpu()
+    model_arg = cfg.model
+    if model_arg is None and cfg.profile:  # the profile names its model
+        from nanotune.search.profiledata import load_profile
+
+        model_arg = load_profile(cfg.profile).model or "llama-3-8b"
+    model, alias = resolve.resolve_model(model_arg or "llama-3-8b")
+    if alias:
+        log(f"model: {alias}")
+    profile, source = resolve.find_profile(model, cfg.tp, cfg.gpu, cfg.profile, cfg.results_dir, has_gpu)
+    resolve.check_profile_matches(profile, model, cfg.tp)
+    log(f"profile: {source} ({profile.gpu_name}, {profile.num_sms} SMs)")
+    max_model_len = min(get_preset(model).max_position, 8192)  # the engine's default
+    wl = resolve.load_workload(cfg.workload, cfg.num_requests, cfg.seed, max_model_len)
+    stats = WorkloadStats.of(*zip(*wl.lengths, strict=True))
+    memory = cfg.gpu_memory_gib or gpu_memory_gib(profile.gpu_name, profile.data.get("gpu"))
+    ctx = SearchContext(profile, stats, ShardShapes.of(profile.shapes), memory, cfg.objective, cfg.tpot_limit_ms,
+                        cfg.max_num_seqs, cfg.gpu_memory_fraction, cfg.block_size, max_model_len, cfg.composition,
+                        wl.lengths)
+    identity = {"model": model, "tp": cfg.tp, "workload": cfg.workload, "objective": cfg.objective,
+                "max_num_seqs": cfg.max_num_seqs, "profile": profile.path}
+    info = {"model": model, "model_alias": alias, "profile_source": source, "workload": wl, "has_gpu": has_gpu,
+            "identity": identity}
+    return ctx, info
+
+
+def _summaries(ctx: SearchContext, best_params: dict, model: str) -> tuple[object, dict]:
+    """The tuned plan's evaluation, and the baselines' (the sequential plan, the engine's default plan and the
+    hand-written two-nano-batch plan) at the engine's default limits and at the tuned ones."""
+    best = evaluate(ctx, build_plan(best_params, f"tuned-{model}", ctx.profile.num_sms),
+                    best_params["dense_batch_tokens"], best_params.get("collectives", "inline"),
+                    best_params.get("max_num_seqs"))
+    limits = [(ENGINE_DEFAULT_DENSE_BATCH, ctx.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS),
+              (best.dense_batch_tokens, best.max_num_seqs)]
+    out = {}
+    for tokens, seqs in dict.fromkeys(limits):
+        for name, plan in baseline_plans(model).items():
+            key = name if (tokens, seqs) == limits[0] else f"{name}@{tokens}x{seqs}"
+            try:
+                out[key] = evaluate(ctx, plan, tokens, "inline", seqs).summary()
+            except Infeasible as e:
+                out[key] = {"infeasible": str(e)}
+    return best, out
+
+
+def baseline_plans(model: str) -> dict:
+    """name -> plan. The default may be the sequential plan itself (it is while overlap measures slower)."""
+    from engine.plan import PipelinePlan
+    from engine.plan_library import default_plan, nano_batch_plan
+    from engine.presets import get_preset
+
+    return {"sequential": PipelinePlan.sequential(), "default": default_plan(get_preset(model)),
+            "nb2": nano_batch_plan(2)}
+
+
+def search(cfg: SearchConfig, log=print) -> tuple[dict, object]:
+    """Run one search; returns (result dict, run directory)."""
+    t_start = time.time()
+    ctx, info = prepare(cfg, log)
+    model, wl = info["model"], info["workload"]
+    name = cfg.study or f"{model}-tp{cfg.tp}-{wl.label}-{cfg.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = storage_url(cfg.storage, name, results_root(cfg.results_dir), cfg.resume)
+    study = open_study(name, storage, cfg.objective, cfg.seed, cfg.resume, info["identity"], cfg.tp,
+                       constrained=cfg.tpot_limit_ms is not None, search_seqs=cfg.max_num_seqs is None)
+    num_before = len(study.trials)
+    run_study(study, Objective(ctx), cfg.n_trials, cfg.timeout_s, cfg.progress)
+    ranked = ranked_trials(study, cfg.objective)
+    if not ranked:
+        reasons = "; ".join(f"{n}x {r}" for r, n in list(prune_summary(study).items())[:3])
+        limit = f" within TPOT {cfg.tpot_limit_ms} ms" if cfg.tpot_limit_ms else ""
+        raise UserError(f"no feasible plan{limit} among {len(study.trials)} trials ({reasons or 'none completed'})")
+    best_trial = ranked[0]
+    best, baselines = _summaries(ctx, full_params(best_trial.params, ctx), model)
+    run_dir = new_run_dir("search", f"{model}-{wl.label}", root=cfg.results_dir)
+    front = pareto(ranked) if cfg.objective == "both" else []
+    front_plans = [(t.number, build_plan(full_params(t.params, ctx), f"pareto-{t.number}", ctx.profile.num_sms))
+                   for t in front]
+    files = output.save_plans(run_dir, best.plan, front_plans)
+    files.update(output.save_study(study, storage, run_dir))
+    validation = _validate(cfg, ctx, info, ranked, best, log)
+    plots, skipped = output.save_plots(study, run_dir, cfg.objective, best, ctx.profile, validation)
+    seq = baselines.get("sequential", {}).get("total_token_throughput")
+    dflt = baselines.get("default", {}).get("total_token_throughput")
+    nb2 = baselines.get("nb2", {}).get("total_token_throughput")
+    result = {
+        "model": model, "model_alias": info["model_alias"], "tp": cfg.tp,
+        "profile": {"source": info["profile_source"], "path": ctx.profile.path, "gpu": ctx.profile.gpu_name,
+                    "num_sms": ctx.profile.num_sms, "peaks": ctx.profile.peaks,
+                    "notes": ctx.profile.data.get("notes", [])},
+        "workload": {"spec": wl.spec, "label": wl.label, "num_requests": len(wl.lengths),
+                     "num_dropped_too_long": wl.num_dropped, "stats": ctx.stats.to_dict(), "meta": wl.meta},
+        "engine": {"max_num_seqs": cfg.max_num_seqs or "searched", "gpu_memory_fraction": cfg.gpu_memory_fraction,
+                   "gpu_memory_gib": ctx.memory_gib, "block_size": cfg.block_size, "max_model_len": ctx.max_model_len},
+        "objective": cfg.objective, "tpot_limit_ms": cfg.tpot_limit_ms, "composition": cfg.composition,
+        "study": {"name": name, "storage": storage, "resumed": cfg.resume, "num_trials": len(study.trials),
+                  "num_trials_this_run": len(study.trials) - num_before,
+                  "num_complete": sum(1 for t in study.trials if t.state.name == "COMPLETE"),
+                  "num_pruned": sum(1 for t in study.trials if t.state.name == "PRUNED"),
+                  "pruned_reasons": dict(list(prune_summary(study).items())[:5]),
+                  "sampler": type(study.sampler).__name__, "seed": cfg.seed},
+        "best": {"trial": best_trial.number, "params": dict(best_trial.params), "plan_file": files["plan"],
+                 **best.summary()},
+        "baselines": baselines,
+        "predicted_speedup": {"vs_sequential": best.throughput / seq if seq else None,
+                              "vs_default": best.throughput / dflt if dflt else None,
+                              "vs_nb2": best.throughput / nb2 if nb2 else None},
+        "pareto": [{"trial": t.number, "params": dict(t.params), "total_token_throughput": t.values[0],
+                    "tpot_ms": t.values[1], "plan_file": f"plans/pareto-{t.number}.json"}
+                   for t in front[:output.MAX_PARETO_PLANS]],
+        "validation": validation, "files": files, "plots": plots, "plots_skipped": skipped,
+        "notes": output.model_notes(ctx, cfg.composition), "config": asdict(cfg),
+        "command": " ".join(sys.argv), "environment": environment(), "wall_s": time.time() - t_start,
+    }
+    output.write_result(run_dir, result)
+    return result, run_dir
+
+
+def _validate(cfg: SearchConfig, ctx: SearchContext, info: dict, ranked: list, best, log) -> dict | None:
+    """The best K plans and the baselines (sequential, default, nb2) on the engine, or why not."""
+    if cfg.validate <= 0:
+        return None
+    if cfg.tp > 1:
+        return {"skipped": f"TP {cfg.tp}: the engine runs one GPU today; TP plans cannot be run yet"}
+    if not info["has_gpu"]:
+        log("--validate needs a CUDA GPU: skipped (the result holds predictions only)")
+        return {"skipped": "no CUDA GPU on this machine"}
+    from nanotune.search.validate import validate_plans
+
+    entries = [("tuned", best.plan, best.dense_batch_tokens, best.max_num_seqs)]
+    seen = {(repr(best.plan.ops), best.dense_batch_tokens, best.max_num_seqs)}
+    for t in ranked[1:]:
+        if len(entries) >= cfg.validate:
+            break
+        p = full_params(t.params, ctx)
+        plan = build_plan(p, f"trial-{t.number}", ctx.profile.num_sms)
+        key = (repr(plan.ops), p["dense_batch_tokens"], p.get("max_num_seqs", ENGINE_DEFAULT_MAX_NUM_SEQS))
+        if key not in seen:
+            seen.add(key)
+            entries.append((f"trial-{t.number}", plan, *key[1:]))
+    seqs = ctx.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS
+    for label, plan in baseline_plans(info["model"]).items():  # a default equal to sequential runs once
+        key = (repr(plan.ops), ENGINE_DEFAULT_DENSE_BATCH, seqs)
+        if key not in seen or label == "sequential":
+            seen.add(key)
+            entries.append((label, plan, ENGINE_DEFAULT_DENSE_BATCH, seqs))
+    lengths = info["workload"].lengths[: cfg.validate_requests]
+    return validate_plans(entries, ctx, info["model"], lengths, cfg.seed, log=log)
+

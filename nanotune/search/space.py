@@ -1,0 +1,150 @@
+"""The search space over nano-batch pipelines, and the builder that turns one point of it into a plan.
+
+Parameters (conditional ones only when they mean something):
+- dense_batch_tokens: the dense batch (EngineConfig.max_num_batched_tokens), 512..4096 by 256;
+- max_num_seqs: the decode batch cap (EngineConfig.max_num_seqs), unless --max-num-seqs fixes it: in
+  steady state it, the dense batch or the KV cache caps the decode batch, and so throughput and TPOT;
+- num_nano_batches 1..4 and share_i: each nano-batch's share of the dense batch's rows (normalized);
+- attention_stream: attention on a second stream (overlapping the GEMMs of other nano-batches) or not;
+  with it, prefill_on_attention_stream (prefill attention is compute-bound like the GEMMs, so keeping it on
+  stream 0 may interfere less), attention_priority (CUDA priority of that stream; the model is blind to
+  it, see perfmodel) and issue_order (grouped: every nano-batch's pre-attention ops first, NanoFlow's
+  order; pipelined: nano-batch i's post-attention ops after i+1's pre-attention ops; same for 2);
+- partition_decode and decode_sm_budget: decode attention confined to that many programs (~SMs);
+- align: row boundaries rounded to 1, 64 or 128 tokens (GEMM tiles);
+- collectives (TP > 1 only): all-reduces inline on the compute stream, or on a stream of their own that
+  overlaps the next nano-batch's compute. Recorded in the plan's meta; the engine cannot run TP yet.
+"""
+
+from __future__ import annotations
+
+from engine.errors import EngineConfigError
+from engine.plan import OpInstance, PipelinePlan
+from engine.plan_library import POST_ATTN, PRE_ATTN
+from nanotune.search.perfmodel import COLLECTIVES
+
+DENSE_BATCH_RANGE = (512, 4096, 256)  # low, high, step
+MAX_NANO_BATCHES = 4
+ALIGNS = (1, 64, 128)
+SM_BUDGET_STEP = 4  # decode attention budgets 8, 12, ... up to the profile's SMs (a study is of one profile)
+ISSUE_ORDERS = ("grouped", "pipelined")
+MAX_NUM_SEQS = (128, 256, 384, 512, 768, 1024)
+ENGINE_DEFAULT_DENSE_BATCH = 2048  # EngineConfig.max_num_batched_tokens: what the baselines run with
+ENGINE_DEFAULT_MAX_NUM_SEQS = 512  # EngineConfig.max_num_seqs
+
+
+class Infeasible(Exception):
+    """A point of the space that cannot run (the trial is pruned with this reason)."""
+
+
+def suggest_params(trial, tp: int = 1, search_max_num_seqs: bool = True, num_sms: int = 132) -> dict:
+    """Draw one pipeline (and its engine batch limits) from an Optuna trial."""
+    lo, hi, step = DENSE_BATCH_RANGE
+    p: dict = {"dense_batch_tokens": trial.suggest_int("dense_batch_tokens", lo, hi, step=step)}
+    if search_max_num_seqs:
+        p["max_num_seqs"] = trial.suggest_categorical("max_num_seqs", list(MAX_NUM_SEQS))
+    p["num_nano_batches"] = trial.suggest_int("num_nano_batches", 1, MAX_NANO_BATCHES)
+    if p["num_nano_batches"] > 1:
+        for i in range(p["num_nano_batches"]):
+            p[f"share_{i}"] = trial.suggest_float(f"share_{i}", 0.05, 1.0)
+    p["attention_stream"] = trial.suggest_categorical("attention_stream", [False, True])
+    if p["attention_stream"]:
+        p["prefill_on_attention_stream"] = trial.suggest_categorical("prefill_on_attention_stream", [True, False])
+        p["attention_priority"] = trial.suggest_categorical("attention_priority", [0, -1])
+        if p["num_nano_batches"] > 2:
+            p["issue_order"] = trial.suggest_categorical("issue_order", list(ISSUE_ORDERS))
+    p["partition_decode"] = trial.suggest_categorical("partition_decode", [False, True])
+    if p["partition_decode"]:
+        high = 8 + SM_BUDGET_STEP * max((num_sms - 8) // SM_BUDGET_STEP, 0)
+        p["decode_sm_budget"] = trial.suggest_int("decode_sm_budget", 8, high, step=SM_BUDGET_STEP)
+    p["align"] = trial.suggest_categorical("align", list(ALIGNS))
+    if tp > 1:
+        p["collectives"] = trial.suggest_categorical("collectives", list(COLLECTIVES))
+    return p
+
+
+def baseline_params(name: str, dense_batch_tokens: int = ENGINE_DEFAULT_DENSE_BATCH, tp: int = 1,
+                    max_num_seqs: int | None = ENGINE_DEFAULT_MAX_NUM_SEQS) -> dict:
+    """The hand-written plans as points of the space, enqueued as a fresh study's first trials: the
+    sequential plan, and NanoFlow's two-nano-batch overlap (plan_library.nano_batch_plan(2))."""
+    p: dict = {"dense_batch_tokens": dense_batch_tokens}
+    if max_num_seqs is not None:  # only when the study searches it
+        p["max_num_seqs"] = max_num_seqs
+    if name == "sequential":
+        p.update(num_nano_batches=1, attention_stream=False, partition_decode=False, align=1)
+    elif name == "nb2":  # two equal nano-batches, attention on stream 1, full grids, align 64
+        p.update(num_nano_batches=2, share_0=0.5, share_1=0.5, attention_stream=True,
+                 prefill_on_attention_stream=True, attention_priority=0, partition_decode=False, align=64)
+    else:
+        raise ValueError(f"unknown baseline '{name}'")
+    if tp > 1:
+        p["collectives"] = "inline"
+    return p
+
+
+def edges(params: dict) -> list[float]:
+    """Nano-batch boundaries as fractions of the dense batch, rounded to 1e-3 for readable plan files."""
+    n = params["num_nano_batches"]
+    if n == 1:
+        return [0.0, 1.0]
+    shares = [float(params[f"share_{i}"]) for i in range(n)]
+    total = sum(shares)
+    out, acc = [0.0], 0.0
+    for s in shares[:-1]:
+        acc += s / total
+        out.append(round(acc, 3))
+    out.append(1.0)
+    if any(b <= a for a, b in zip(out, out[1:], strict=False)):
+        raise Infeasible("a nano-batch share rounds to nothing")
+    return out
+
+
+def build_plan(params: dict, name: str = "tuned", num_sms: int | None = None) -> PipelinePlan:
+    """The PipelinePlan for one point of the space, validated (Infeasible with the one-line reason)."""
+    e = edges(params)
+    ranges = list(zip(e[:-1], e[1:], strict=True))
+    overlap = bool(params.get("attention_stream"))
+    attn_s = 1 if overlap else 0
+    prefill_s = attn_s if params.get("prefill_on_attention_stream", True) else 0
+    budget = params.get("decode_sm_budget") if params.get("partition_decode") else None
+
+    def pre(lo, hi):
+        return [OpInstance(op, lo, hi) for op in PRE_ATTN] + [
+            OpInstance("decode_attn", lo, hi, stream=attn_s, sm_budget=budget),
+            OpInstance("prefill_attn", lo, hi, stream=prefill_s)]
+
+    def post(lo, hi):
+        return [OpInstance(op, lo, hi) for op in POST_ATTN]
+
+    ops: list[OpInstance] = []
+    if params.get("issue_order", "grouped") == "pipelined":
+        for i, r in enumerate(ranges):  # pre(i) then post(i-1): the GEMMs of i+1 fill attention's shadow
+            ops += pre(*r)
+            if i:
+                ops += post(*ranges[i - 1])
+        ops += post(*ranges[-1])
+    else:
+        for r in ranges:
+            ops += pre(*r)
+        for r in ranges:
+            ops += post(*r)
+    # The engine limits the plan was tuned with travel in meta (a plan file holds no engine settings).
+    meta = {"generator": "nanotune.search.space.build_plan", "params": dict(params),
+            "engine": {"max_num_batched_tokens": int(params["dense_batch_tokens"]),
+                       "max_num_seqs": int(params.get("max_num_seqs", ENGINE_DEFAULT_MAX_NUM_SEQS))}}
+    if "collectives" in params:
+        meta["tp"] = {"collectives": params["collectives"],
+                      "note": "the engine runs one GPU today; the collective placement is a modelled choice"}
+    plan = PipelinePlan(name, tuple(ops), num_streams=2 if overlap else 1, align=int(params.get("align", 1)),
+                        stream_priorities=(0, int(params.get("attention_priority", 0))) if overlap else (),
+                        meta=meta)
+    try:
+        plan.validate(num_sms=num_sms, where=name)
+    except EngineConfigError as err:
+        raise Infeasible(str(err)) from None
+    tokens = int(params["dense_batch_tokens"])
+    for inst in plan.ops:
+        a, b = plan.rows(inst, tokens)
+        if a >= b:
+            raise Infeasible(f"{name}: a nano-batch gets no rows of a {tokens}-token batch at align {plan.align}")
+    return plan

@@ -1,0 +1,145 @@
+"""Hold the model's predictions against the real engine (needs a CUDA GPU; never faked: on CPU the search
+skips it; tests run this code on CPU with a tiny model only to check the code path, not the numbers).
+
+Each plan runs a modest offline trace on engine.LLMEngine (random weights, the plan switched in place,
+one engine per dense-batch size). Every `time_ops_every`-th iteration runs eagerly with per-op CUDA-event
+timings; its forward time (first op start to last op end, what the model's `layers_ms` predicts) is held
+against the prediction for exactly that iteration's batch composition. The run's throughput is held
+against the prediction summed over the replayed schedule of the same iterations. The headline is the mean
+absolute percentage error (MAPE) of each.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+from engine.plan import PipelinePlan
+from nanotune.search.perfmodel import predict
+from nanotune.search.replay import Replay, composition
+
+NUM_WARMUP_REQUESTS = 8
+
+
+def gpu_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _run_trace(engine, lengths, seed: int, time_every: int) -> dict:
+    """Offline run of all requests; per-iteration compositions and, every `time_every`, op timings."""
+    import numpy as np
+    import torch
+
+    from engine.request import SamplingParams
+
+    rng = np.random.default_rng(seed)
+    for p, o in lengths:  # random prompt ids; outputs forced to the trace's lengths, as `bench` offline does
+        engine.add_request(rng.integers(0, engine.vocab_size, p).tolist(),
+                           SamplingParams(max_tokens=o, ignore_eos=True))
+    batches, timed = [], []
+    schedule = engine.scheduler.schedule
+
+    def recording_schedule():  # the composition of every iteration, as the engine formed it
+        b = schedule()
+        if b.seqs:
+            batches.append(composition(b))
+        return b
+
+    engine.scheduler.schedule = recording_schedule
+    _sync(torch)
+    t0 = time.perf_counter()
+    try:
+        step = 0
+        while engine.has_unfinished():
+            timings = [] if time_every and step % time_every == time_every - 1 else None
+            engine.step(timings)
+            if timings:
+                span = max(t.end_ms for t in timings) - min(t.start_ms for t in timings)
+                timed.append((len(batches) - 1, span, timings))
+            step += 1
+        _sync(torch)
+    finally:
+        engine.scheduler.schedule = schedule
+    return {"wall_s": time.perf_counter() - t0, "batches": batches, "timed": timed}
+
+
+def _sync(torch) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def validate_plans(entries: list[tuple[str, PipelinePlan, int, int]], ctx, model: str,
+                   lengths: list[tuple[int, int]], seed: int = 0, time_every: int = 10, log=print,
+                   device: str = "cuda") -> dict:
+    """entries: (label, plan, max_num_batched_tokens, max_num_seqs). Returns result.json's validation block."""
+    import torch
+
+    from engine import EngineConfig, LLMEngine
+
+    total_tokens = sum(p + o for p, o in lengths)
+    rows, gantt = [], None
+    by_limits: dict[tuple[int, int], list] = {}
+    for e in entries:
+        by_limits.setdefault((e[2], e[3]), []).append(e)
+    for (tokens, seqs), group in by_limits.items():  # one engine per limits; plans switched in place
+        engine = LLMEngine(EngineConfig(model=model, device=device, seed=seed, max_num_batched_tokens=tokens,
+                                        max_num_seqs=seqs, block_size=ctx.block_size,
+                                        gpu_memory_fraction=ctx.gpu_memory_fraction))
+        for label, plan, _, _ in group:
+            engine.set_plan(plan)
+            _run_trace(engine, lengths[:NUM_WARMUP_REQUESTS], seed + 1, 0)  # compile, capture, warm clocks
+            run = _run_trace(engine, lengths, seed, time_every)
+            row = _compare(label, plan, tokens, run, ctx, total_tokens)
+            row["max_num_seqs"] = seqs
+            row["num_kv_blocks"] = engine.runner.cache_info.num_blocks
+            rows.append(row)
+            if gantt is None and run["timed"]:  # the first entry is the best plan: keep a mid-run iteration
+                idx, _, timings = run["timed"][len(run["timed"]) // 2]
+                gantt = {"plan": label, "iteration": idx, "batch": vars(run["batches"][idx]),
+                         "timings": [vars(t) for t in timings]}
+            log(f"validated {label}: measured {row['measured']['total_token_throughput']:,.0f} tok/s, "
+                f"predicted {row['predicted']['total_token_throughput']:,.0f}; iteration MAPE "
+                f"{row['iteration_mape']:.1%}")
+        del engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    its = [r["iteration_mape"] for r in rows if r["iteration_mape"] is not None]
+    thr = [r["throughput_ape"] for r in rows]
+    return {"num_requests": len(lengths), "time_ops_every": time_every, "plans": rows,
+            "iteration_mape": sum(its) / len(its) if its else None,
+            "throughput_mape": sum(thr) / len(thr) if thr else None, "gantt_measured": gantt,
+            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else device,
+            "profile_gpu": ctx.profile.gpu_name}
+
+
+def _compare(label, plan, tokens, run, ctx, total_tokens) -> dict:
+    cache: dict = {}
+
+    def layers_ms(b):
+        key = (round(b.num_decode), round(b.decode_context, -1), round(b.num_prefill), round(b.prefill_context, -1))
+        if key not in cache:
+            cache[key] = predict(plan, ctx.profile, b)
+        return cache[key]
+
+    errors = []
+    for idx, measured, _ in run["timed"]:
+        pred = layers_ms(run["batches"][idx]).layers_ms
+        errors.append({"iteration": idx, "measured_ms": measured, "predicted_ms": pred,
+                       "ape": abs(pred - measured) / measured})
+    rep = Replay(run["batches"], total_tokens, 0)
+    pred_s = sum(n * predict(plan, ctx.profile, b).iteration_ms for b, n in rep.buckets()) / 1e3
+    measured_tps = total_tokens / run["wall_s"]
+    predicted_tps = total_tokens / pred_s
+    mean = lambda k: sum(e[k] for e in errors) / len(errors) if errors else None
+    return {"label": label, "plan": plan.name, "dense_batch_tokens": tokens,
+            "measured": {"total_token_throughput": measured_tps, "duration_s": run["wall_s"],
+                         "num_iterations": len(run["batches"]), "mean_forward_ms": mean("measured_ms")},
+            "predicted": {"total_token_throughput": predicted_tps, "duration_s": pred_s,
+                          "mean_forward_ms": mean("predicted_ms")},
+            "iteration_mape": mean("ape"), "throughput_ape": abs(predicted_tps - measured_tps) / measured_tps,
+            "timed_iterations": errors}

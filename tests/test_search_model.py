@@ -1,0 +1,168 @@
+"""The performance model against schedules computed by hand, and its interpolation.
+
+The toy profile (test_search_helpers): two layers; at 50 rows of a 100-token decode batch the ops take
+attn_norm .5, qkv 1, rope_kv .5, decode_attn 2, o_proj 1, mlp_norm .5, gate_up 2, silu_mul .5, down 1 ms
+(prefill attention 0: no prefill rows), i.e. 18 ms per layer at 100 rows.
+"""
+
+import pytest
+from test_search_helpers import h200_like_profile_dict, toy_profile, toy_profile_dict, write
+
+from engine.plan import OpInstance, PipelinePlan
+from engine.plan_library import nano_batch_plan
+from nanotune.search.interp import curve, interp_budget, interp_loglog
+from nanotune.search.perfmodel import LAUNCH_GAP_MS, BatchShape, predict
+from nanotune.search.profiledata import DEFAULT_SLOWDOWN, MAX_SLOWDOWN, load_profile, overlap_slowdowns
+
+DECODE_ONLY = BatchShape(num_decode=100, decode_context=10)
+
+
+def sim(plan, profile, batch, *args, **kw):
+    """The model without launch gaps: the schedules below are computed by hand from kernel times alone."""
+    return predict(plan, profile, batch, *args, launch_gap_ms=0.0, **kw)
+
+
+def test_sequential_plan_is_the_sum_of_op_times_times_layers(tmp_path):
+    p = toy_profile(tmp_path)
+    pred = sim(PipelinePlan.sequential(), p, DECODE_ONLY)
+    assert pred.layers_ms == pytest.approx(2 * 18)
+    assert pred.busy_ms()["gate_up"] == pytest.approx(2 * 4)
+    assert pred.lm_head_ms > 0 and pred.iteration_ms == pytest.approx(36 + pred.lm_head_ms)
+
+
+def test_two_streams_without_interference_follow_the_critical_path(tmp_path):
+    """Layer 0: stream 0 runs pre(0) [0,2], pre(1) [2,4]; stream 1 attn(0) [2,4], attn(1) [4,6]; post(0)
+    waits for attn(0): [4,9]; post(1) [9,14]. Layer 1 (attn_norm waits for down, stream 0 is busy until 14)
+    repeats the pattern from 14: 28 ms, against 36 sequential."""
+    p = toy_profile(tmp_path, slowdown=1.0)
+    pred = sim(nano_batch_plan(2, align=1), p, DECODE_ONLY)
+    assert pred.layers_ms == pytest.approx(28)
+    attn = sorted((n.start, n.end) for n in pred.nodes if n.op == "decode_attn" and n.layer == 0)
+    assert attn == [pytest.approx((2, 4)), pytest.approx((4, 6))]
+
+
+def test_a_slowdown_of_1_5_stretches_the_overlapped_pairs_by_hand(tmp_path):
+    """attn(0) (2 ms) beside attn_norm(1) .5, qkv(1) 1, rope_kv(1) .5, each side at 2/3 speed: norm ends at
+    2.75, qkv at 4.25, rope and attn(0) both at 5. attn(1) beside o_proj(0) 1, mlp_norm(0) .5 and part of
+    gate_up(0): o_proj ends 6.5, mlp_norm 7.25, attn(1) 8 (gate_up then 1.5 alone: 9.5), silu 10, down 11;
+    post(1) 11..16. Layer 1 repeats from 16: 32 ms (ideal overlap 28, sequential 36)."""
+    p = toy_profile(tmp_path, slowdown=1.5)
+    pred = sim(nano_batch_plan(2, align=1), p, DECODE_ONLY)
+    assert pred.layers_ms == pytest.approx(32)
+    ends = {(n.op, n.layer, n.index): n.end for n in pred.nodes}
+    plan = nano_batch_plan(2, align=1)
+    first_qkv_1 = next(k for k, i in enumerate(plan.ops) if i.op == "qkv" and i.lo == 0.5)
+    assert ends[("qkv", 0, first_qkv_1)] == pytest.approx(4.25)
+
+
+def test_an_unmeasured_pair_takes_the_documented_default(tmp_path):
+    """Without an interference table every pair runs at 1 / DEFAULT_SLOWDOWN: with 2.0, overlap gains
+    nothing, so the two-stream plan takes the sequential plan's 36 ms."""
+    assert DEFAULT_SLOWDOWN == 2.0
+    p = toy_profile(tmp_path, slowdown=None)
+    assert sim(nano_batch_plan(2, align=1), p, DECODE_ONLY).layers_ms == pytest.approx(36)
+    assert p.slowdown("qkv", {"tokens": 50}, None, "decode_attn", {"batch": 50, "context": 10}, None) == 2.0
+
+
+def test_pairs_that_did_not_run_concurrently_are_ignored(tmp_path):
+    data = toy_profile_dict(slowdown=1.0)
+    for e in data["interference"]:
+        e["concurrent"] = False  # a CPU profile: the "pair" ran back to back
+    p = load_profile(write(tmp_path, data))
+    assert p.slowdown("gate_up", {"tokens": 50}, None, "decode_attn", {"batch": 50, "context": 10}, None) == 2.0
+
+
+def test_kind_fallback_and_nearest_point(tmp_path):
+    p = toy_profile(tmp_path, slowdown=1.5)
+    # qkv x decode_attn was not measured; gate_up x decode_attn (both gemm x attention) was
+    assert p.slowdown("qkv", {"tokens": 50}, None, "decode_attn", {"batch": 50, "context": 10}, None) == 1.5
+    # the pair read from b's side
+    assert p.slowdown("decode_attn", {"batch": 50, "context": 10}, None, "gate_up", {"tokens": 50}, None) == 1.5
+    real = load_profile(write(tmp_path, h200_like_profile_dict(), "h200.json"))
+    full = real.slowdown("gate_up", {"tokens": 512}, None, "decode_attn", {"batch": 256, "context": 1024}, None)
+    part = real.slowdown("gate_up", {"tokens": 512}, None, "decode_attn", {"batch": 256, "context": 1024}, 44)
+    assert full > part > 1  # a budget-confined attention interferes less
+
+
+def test_pair_spans_become_overlap_rates():
+    """Both start together: b (alone .5) ends at .8, so it ran beside a throughout: 1.6. a (alone 1.0) ran
+    alone from .8 to 1.2, i.e. .4 of its work; the other .6 took .8 ms beside b: 4/3."""
+    e = {"alone_a_ms": 1.0, "alone_b_ms": 0.5, "a_ms": 1.2, "b_ms": 0.8, "slowdown_a": 1.2, "slowdown_b": 1.6}
+    assert overlap_slowdowns(e) == pytest.approx((4 / 3, 1.6))
+    swapped = {"alone_a_ms": 0.5, "alone_b_ms": 1.0, "a_ms": 0.8, "b_ms": 1.2}
+    assert overlap_slowdowns(swapped) == pytest.approx((1.6, 4 / 3))
+    serialized = {"alone_a_ms": 1.0, "alone_b_ms": 1.0, "a_ms": 1.0, "b_ms": 2.0}  # b waited for a
+    assert overlap_slowdowns(serialized) == (1.0, MAX_SLOWDOWN)
+
+
+def test_instances_without_rows_of_their_kind_take_no_time(tmp_path):
+    """A nano-batch holding only prefill rows runs no decode attention (and vice versa)."""
+    p = toy_profile(tmp_path)
+    batch = BatchShape(num_decode=50, decode_context=10, num_prefill=50, prefill_context=50.5)
+    pred = sim(nano_batch_plan(2, align=1), p, batch, num_layers=1)
+    by_range = {(n.op, p_lo): n.end - n.start for n, p_lo in
+                zip(pred.nodes, [i.lo for i in nano_batch_plan(2, align=1).ops], strict=True)}
+    assert by_range[("decode_attn", 0.5)] == 0 and by_range[("prefill_attn", 0.0)] == 0
+    assert by_range[("decode_attn", 0.0)] == pytest.approx(2.0)
+
+
+def test_tp_collectives_inline_add_to_the_critical_path_overlap_may_hide_them(tmp_path):
+    p = load_profile(write(tmp_path, toy_profile_dict(tp=2)))
+    seq = PipelinePlan.sequential()
+    inline = sim(seq, p, DECODE_ONLY, "inline")
+    ar = [n for n in inline.nodes if n.op == "all_reduce"]
+    assert len(ar) == 4 and inline.layers_ms == pytest.approx(36 + sum(n.ms for n in ar))
+    # one stream of its own changes nothing for a sequential plan (every consumer waits for it) ...
+    assert sim(seq, p, DECODE_ONLY, "overlap").layers_ms == pytest.approx(inline.layers_ms)
+    # ... but with two nano-batches the all-reduce of one hides behind the other's compute
+    nb = nano_batch_plan(2, align=1)
+    assert sim(nb, p, DECODE_ONLY, "overlap").layers_ms < sim(nb, p, DECODE_ONLY, "inline").layers_ms
+
+
+def test_launch_gaps_idle_each_stream_between_kernels(tmp_path):
+    """Sequential: 9 kernels per layer (prefill attention launches nothing), 18 in all, 17 gaps between."""
+    p = toy_profile(tmp_path)
+    assert predict(PipelinePlan.sequential(), p, DECODE_ONLY, launch_gap_ms=0.5).layers_ms == pytest.approx(44.5)
+    assert predict(PipelinePlan.sequential(), p, DECODE_ONLY).layers_ms == pytest.approx(36 + 17 * LAUNCH_GAP_MS)
+
+
+def test_interpolation_loglog_and_extrapolation():
+    pts = curve([(100, 1.0), (400, 2.0), (100, 3.0)])  # duplicate sizes average
+    assert pts == [(100.0, 2.0), (400.0, 2.0)]
+    pts = curve([(100, 1.0), (400, 4.0)])
+    assert interp_loglog(pts, 200) == pytest.approx(2.0)  # a straight line in log-log
+    assert interp_loglog(pts, 50) == 1.0  # the floor below the smallest point
+    assert interp_loglog(pts, 800) == pytest.approx(8.0)  # proportional above the largest
+    assert interp_loglog(pts, 0) == 0.0
+
+
+def test_sm_budget_interpolation():
+    times = {16: 2.0, 66: 0.5, 0: 0.27}  # 0 = the whole GPU
+    assert interp_budget(times, None, 132) == 0.27
+    assert interp_budget(times, 66, 132) == 0.5
+    assert interp_budget(times, 41, 132) == pytest.approx(1.25)  # linear between measured budgets
+    assert interp_budget(times, 8, 132) == pytest.approx(4.0)  # 1 / budget below the smallest
+    assert interp_budget(times, 99, 132) == pytest.approx(0.5 + (0.27 - 0.5) * 33 / 66)  # toward the full GPU
+
+
+def test_realistic_profile_orders_of_magnitude(tmp_path):
+    """llama-3-8b on the H200-like profile at the measured sequential run's mean batch (c1024x512: 739
+    tokens, 243 decode): the model's per-iteration layer time is of the measured 36.7 ms's order."""
+    p = load_profile(write(tmp_path, h200_like_profile_dict()))
+    batch = BatchShape(243, 1280, 496, 600)
+    seq = sim(PipelinePlan.sequential(), p, batch).layers_ms
+    assert 25 < seq < 45
+    # with plain-stream slowdowns of 1.9 / 1.7 the full-grid overlap plan loses, as it did on the GPU
+    assert sim(nano_batch_plan(2), p, batch).layers_ms > seq
+
+
+def test_plan_with_budget_on_other_ops_and_three_streams_simulates(tmp_path):
+    """Any valid plan simulates (three streams, decode attention alone on its own stream)."""
+    p = toy_profile(tmp_path, slowdown=1.2)
+    ops = [OpInstance(o) for o in ("attn_norm", "qkv", "rope_kv")] + [
+        OpInstance("decode_attn", stream=1, sm_budget=30), OpInstance("prefill_attn", stream=2)] + [
+        OpInstance(o) for o in ("o_proj", "mlp_norm", "gate_up", "silu_mul", "down")]
+    plan = PipelinePlan("three", tuple(ops), num_streams=3)
+    plan.validate(num_sms=100)
+    pred = sim(plan, p, DECODE_ONLY)
+    assert pred.layers_ms > 36  # a 30-program budget slows the lone attention (no partner to overlap)
