@@ -38,6 +38,8 @@ class NanotuneGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # a bad option value: one line too, not click's usage block
+            raise UserError(e.format_message()) from None
         except (TraceError, EngineConfigError) as e:
             raise UserError(str(e)) from None
         except FileNotFoundError as e:

@@ -15,17 +15,7 @@ import click
 from nanotune.errors import UserError
 
 
-class _OneLineErrors(click.Command):
-    """Bad option values become one `error:` line with exit 2, like every other user mistake."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            raise UserError(e.format_message()) from None
-
-
-@click.command(name="search", cls=_OneLineErrors)
+@click.command(name="search")
 @click.option("--model", help="Model preset or short name (llama-70b -> llama-3-70b) [default: the profile's, "
                               "else llama-3-8b].")
 @click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="Tensor-parallel degree.")

@@ -30,17 +30,7 @@ REFERENCE_DRAWS = 100_000
 """Draws standing for a dataset named as --reference (stratified, so they trace its calibrated curve)."""
 
 
-class _OneLineErrors(click.Command):
-    """Bad option values become one `error:` line with exit 2, like every other user mistake."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            raise UserError(e.format_message()) from None
-
-
-@click.command(name="trace", cls=_OneLineErrors)
+@click.command(name="trace")
 @click.option(
     "-d", "--dataset", metavar="NAME", help="Synthetic dataset: constant, random, sharegpt, lmsys, splitwise."
 )
