@@ -82,7 +82,24 @@ def make_backend(cfg: BenchConfig, lengths: list[tuple[int, int]]) -> Backend:
         return load_hf_backend(cfg.model, cfg.device, cfg.dtype, cfg.hf_attn, cfg.seed, lengths)
     from nanotune.bench.backends.inprocess import load_engine_backend
 
-    return load_engine_backend(cfg.engine, cfg.model, cfg.device, cfg.dtype, cfg.plan, cfg.seed)
+    return load_engine_backend(cfg.engine, cfg.model, cfg.device, cfg.dtype, cfg.plan, cfg.seed,
+                               **engine_limits(cfg))
+
+
+def engine_limits(cfg: BenchConfig) -> dict:
+    """Dense batch and max seqs: given on the command line, else what `nanotune search` tuned the plan
+    with (plan.meta.engine), else the engine's defaults."""
+    tuned = {}
+    if cfg.plan:
+        from engine import PipelinePlan
+
+        tuned = dict(PipelinePlan.load(cfg.plan).meta.get("engine", {}))
+    out = {}
+    for key in ("max_num_batched_tokens", "max_num_seqs"):
+        value = getattr(cfg, key) or tuned.get(key)
+        if value:
+            out[key] = int(value)
+    return out
 
 
 def run_label(cfg: BenchConfig) -> str:

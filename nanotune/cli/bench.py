@@ -48,7 +48,11 @@ def _has_gpu() -> bool:
 @click.option("--dtype", help="auto | bfloat16 | float16 | float32")
 @click.option("--engine", type=click.Choice(["nanoflow", "sequential", "hf"]), default="nanoflow",
               show_default=True, help="In-process engine; hf = transformers continuous batching.")
-@click.option("--plan", type=click.Path(exists=True, dir_okay=False), help="Pipeline plan JSON (nanoflow).")
+@click.option("--plan", type=click.Path(exists=True, dir_okay=False),
+              help="Pipeline plan JSON (nanoflow); a plan from `nanotune search` also sets the dense batch and "
+                   "max seqs it was tuned with, unless given below.")
+@click.option("--max-num-batched-tokens", type=click.IntRange(min=1), help="Dense-batch token budget [2048].")
+@click.option("--max-num-seqs", type=click.IntRange(min=1), help="Most requests running at once [512].")
 @click.option("--endpoint", metavar="URL", help="OpenAI-compatible server instead of an in-process engine.")
 @click.option("--mode", type=click.Choice(["offline", "online"]), default="offline", show_default=True,
               help="offline: all at t=0; online: the trace's timestamps or --request-rate.")
@@ -106,6 +110,7 @@ def command(**o):
             repeat=o["repeat"], sweep_rates=_rates(o["sweep_rate"]), slos=parse_goodput(o["goodput"]),
             slo_attainment=o["slo_attainment"], caps=LengthCaps(caps[0] or None, caps[1] or None),
             engine=engine, model=model, device=device, dtype=o["dtype"], plan=o["plan"],
+            max_num_batched_tokens=o["max_num_batched_tokens"], max_num_seqs=o["max_num_seqs"],
             endpoint=o["endpoint"], hf_attn=o["hf_attn"], peak_tflops=o["peak_tflops"],
             vocab_size=o["vocab_size"], num_params=o["num_params"])
     except ValueError as e:
