@@ -70,3 +70,23 @@ def test_logits_and_greedy_tokens_match_hf(checkpoint, mode):
         for ours, theirs in zip(lgs, ref_logits, strict=True):
             rel = (ours - theirs).norm() / theirs.norm()
             assert rel <= 1e-4, f"relative logits error {rel:.2e}"
+
+
+def test_sharded_checkpoint_with_index_loads_the_same(tmp_path):
+    """A checkpoint split over several safetensors files with an index loads to the same model."""
+    one, many = tmp_path / "one", tmp_path / "many"
+    model = save_tiny_checkpoint("qwen2", one)
+    model.save_pretrained(many, max_shard_size="100KB")
+    assert (many / "model.safetensors.index.json").exists() and len(list(many.glob("*.safetensors"))) > 1
+    prompt = [[5, 7, 11, 13]]
+    outs = [LLMEngine(EngineConfig(model=str(p), device="cpu", dtype="float32")).generate(
+        prompt, SamplingParams(max_tokens=8, ignore_eos=True)) for p in (one, many)]
+    assert outs[0] == outs[1]
+
+
+def test_bad_checkpoint_directory_is_one_line_error(tmp_path):
+    from engine.errors import EngineConfigError
+
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(EngineConfigError, match="unsupported 'gpt2'"):
+        LLMEngine(EngineConfig(model=str(tmp_path), device="cpu"))
