@@ -4,7 +4,8 @@ import pytest
 from test_search_helpers import LLAMA_70B_SHAPES
 
 from engine.presets import get_preset
-from nanotune.search.capacity import ShardShapes, WorkloadStats, gpu_memory_gib, kv_capacity, steady_state
+from nanotune.profile.ops import Shard
+from nanotune.search.capacity import WorkloadStats, gpu_memory_gib, kv_capacity, steady_state
 from nanotune.search.replay import replay
 
 LLAMA_8B = {"hidden": 4096, "heads": 32, "kv_heads": 8, "head_dim": 128, "intermediate": 14336, "vocab": 128256,
@@ -14,7 +15,7 @@ LLAMA_8B = {"hidden": 4096, "heads": 32, "kv_heads": 8, "head_dim": 128, "interm
 def test_kv_capacity_matches_the_engine_on_an_h200():
     """results/reference/h200/engine-sequential.json: 55,243 blocks for llama-3-8b, 2048-token dense batch,
     512 seqs, gpu_memory_fraction 0.9, 139.8 GiB."""
-    cap = kv_capacity(ShardShapes.of(LLAMA_8B), gpu_memory_gib("NVIDIA H200"), 0.9, 2048, 512, 16)
+    cap = kv_capacity(Shard.of(LLAMA_8B), gpu_memory_gib("NVIDIA H200"), 0.9, 2048, 512, 16)
     assert cap.num_blocks == pytest.approx(55_243, rel=0.005)
     assert cap.weights_bytes / 2**30 == pytest.approx(14.96, abs=0.01)
     assert cap.num_tokens == cap.num_blocks * 16
@@ -23,11 +24,11 @@ def test_kv_capacity_matches_the_engine_on_an_h200():
 def test_kv_capacity_under_tp_and_when_the_model_does_not_fit():
     tp8 = {**LLAMA_70B_SHAPES, "heads": 8, "kv_heads": 1, "intermediate": 3584,
            "params_per_gpu": get_preset("llama-3-70b").num_params // 8}
-    s = ShardShapes.of(tp8)
+    s = Shard.of(tp8)
     assert s.kv_bytes_per_token() == 2 * 80 * 1 * 128 * 2  # one KV head per GPU at TP 8
     assert kv_capacity(s, gpu_memory_gib("H100"), 0.9).num_tokens > 1_000_000
     whole = {**LLAMA_70B_SHAPES, "params_per_gpu": get_preset("llama-3-70b").num_params}
-    assert kv_capacity(ShardShapes.of(whole), gpu_memory_gib("NVIDIA H100 80GB HBM3")).num_blocks < 0
+    assert kv_capacity(Shard.of(whole), gpu_memory_gib("NVIDIA H100 80GB HBM3")).num_blocks < 0
 
 
 def test_gpu_memory_from_profile_name_or_error():

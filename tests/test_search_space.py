@@ -6,7 +6,8 @@ from test_search_helpers import h200_like_profile_dict, write
 
 from engine.plan import PipelinePlan
 from engine.plan_library import nano_batch_plan
-from nanotune.search.capacity import ShardShapes, WorkloadStats
+from nanotune.profile.ops import Shard
+from nanotune.search.capacity import WorkloadStats
 from nanotune.search.objective import Objective, SearchContext, evaluate
 from nanotune.search.profiledata import load_profile
 from nanotune.search.space import Infeasible, baseline_params, build_plan, edges, suggest_params
@@ -15,7 +16,7 @@ from nanotune.search.space import Infeasible, baseline_params, build_plan, edges
 def context(tmp_path, **kw) -> SearchContext:
     p = load_profile(write(tmp_path, h200_like_profile_dict()))
     stats = WorkloadStats.of([1024] * 10, [512] * 10)
-    return SearchContext(p, stats, ShardShapes.of(p.shapes), 139.8, **kw)
+    return SearchContext(p, stats, Shard.of(p.shapes), 139.8, **kw)
 
 
 def test_random_draws_build_valid_plans_or_are_pruned(tmp_path):

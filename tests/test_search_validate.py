@@ -5,7 +5,8 @@ from test_search_helpers import toy_profile
 
 from engine.plan import PipelinePlan
 from engine.plan_library import nano_batch_plan
-from nanotune.search.capacity import ShardShapes, WorkloadStats
+from nanotune.profile.ops import Shard
+from nanotune.search.capacity import WorkloadStats
 from nanotune.search.objective import SearchContext
 from nanotune.search.space import build_plan
 from nanotune.search.validate import validate_plans
@@ -13,7 +14,7 @@ from nanotune.search.validate import validate_plans
 
 def test_validate_plans_runs_the_engine_and_compares(tmp_path):
     p = toy_profile(tmp_path, slowdown=1.5)
-    ctx = SearchContext(p, WorkloadStats.of([20] * 6, [5] * 6), ShardShapes.of(p.shapes), 1.0)
+    ctx = SearchContext(p, WorkloadStats.of([20] * 6, [5] * 6), Shard.of(p.shapes), 1.0)
     searched = build_plan({"dense_batch_tokens": 64, "num_nano_batches": 3, "share_0": 0.2, "share_1": 0.5,
                            "share_2": 0.3, "attention_stream": True, "prefill_on_attention_stream": False,
                            "attention_priority": -1, "issue_order": "pipelined", "partition_decode": True,
@@ -38,7 +39,7 @@ def test_gantt_draws_predicted_beside_measured(tmp_path):
     from nanotune.search.output import save_gantt
 
     p = toy_profile(tmp_path, slowdown=1.5)
-    ctx = SearchContext(p, WorkloadStats.of([20] * 6, [5] * 6), ShardShapes.of(p.shapes), 10.0, max_num_seqs=8)
+    ctx = SearchContext(p, WorkloadStats.of([20] * 6, [5] * 6), Shard.of(p.shapes), 10.0, max_num_seqs=8)
     plan = nano_batch_plan(2, align=1)
     out = validate_plans([("tuned", plan, 64, 8)], ctx, "tiny-llama-micro", [(20, 5)] * 6, time_every=2,
                          log=lambda m: None, device="cpu")

@@ -55,6 +55,16 @@ class Shard:
     def kv_size(self) -> int:
         return self.kv_heads * self.head_dim
 
+    @staticmethod
+    def of(shapes: dict, model: str = "", tp: int = 1) -> Shard:
+        """From a profile's `shapes` (already one GPU's; nanotune.profile.schema)."""
+        return Shard(model, tp, *(int(shapes[k]) for k in ("hidden", "heads", "kv_heads", "head_dim",
+                                                            "intermediate", "vocab", "num_layers",
+                                                            "params_per_gpu")))
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        return 2 * self.num_layers * self.kv_size * dtype_bytes
+
     def gemm_nk(self, op: str) -> tuple[int, int]:
         """(n, k) of the op's weight [n, k]: output features x input features (nn.Linear layout)."""
         h, i = self.hidden, self.intermediate

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nanotune.errors import UserError
+from nanotune.profile.ops import Shard
 from nanotune.search.perfmodel import BatchShape
 
 GIB = 1 << 30
@@ -39,30 +40,6 @@ def gpu_memory_gib(name: str, profile_gpu: dict | None = None) -> float:
 
 
 @dataclass(frozen=True)
-class ShardShapes:
-    """One GPU's share of the model under tensor parallelism (heads, KV heads and MLP split over TP; a model
-    with fewer KV heads than GPUs keeps one per GPU)."""
-
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    num_layers: int
-    params_per_gpu: float
-
-    @staticmethod
-    def of(shapes: dict) -> ShardShapes:
-        """From a profile's `shapes`, which are already one GPU's (nanotune.profile.schema)."""
-        return ShardShapes(*(int(shapes[k]) for k in ("hidden", "heads", "kv_heads", "head_dim", "intermediate",
-                                                       "vocab", "num_layers")), float(shapes["params_per_gpu"]))
-
-    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        return 2 * self.num_layers * self.kv_heads * self.head_dim * dtype_bytes
-
-
-@dataclass(frozen=True)
 class KVCapacity:
     num_blocks: int
     block_size: int
@@ -76,14 +53,14 @@ class KVCapacity:
         return self.num_blocks * self.block_size
 
 
-def kv_capacity(shards: ShardShapes, memory_gib: float, gpu_memory_fraction: float = 0.9,
+def kv_capacity(shards: Shard, memory_gib: float, gpu_memory_fraction: float = 0.9,
                 max_num_batched_tokens: int = 2048, max_num_seqs: int = 512, block_size: int = 16,
                 dtype_bytes: int = 2) -> KVCapacity:
     """Blocks of KV cache one GPU holds (num_blocks <= 0: the model does not fit)."""
     s = shards
     weights = s.params_per_gpu * dtype_bytes
     rows = max(max_num_batched_tokens, max_num_seqs)
-    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    q, kv = s.q_size, s.kv_size
     # residual, normed, delta (hidden each), qkv, attention out, gate_up (2 I) and act (I): engine Workspace
     workspace = rows * (3 * s.hidden + q + 2 * kv + q + 3 * s.intermediate) * dtype_bytes
     reserve = 3 * max_num_seqs * s.vocab * 4 + SAMPLING_RESERVE_BYTES + CUDA_CONTEXT_BYTES

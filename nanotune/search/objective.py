@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.plan import PipelinePlan
-from nanotune.search.capacity import ShardShapes, WorkloadStats, kv_capacity, steady_state
+from nanotune.profile.ops import Shard
+from nanotune.search.capacity import WorkloadStats, kv_capacity, steady_state
 from nanotune.search.perfmodel import BatchShape, predict
 from nanotune.search.profiledata import Profile
 from nanotune.search.replay import replay
@@ -25,7 +26,7 @@ INFEASIBLE_EXCESS = 1e9  # the constraint value stored on pruned trials (JSON ha
 class SearchContext:
     profile: Profile
     stats: WorkloadStats
-    shards: ShardShapes
+    shards: Shard
     memory_gib: float
     objective: str = "throughput"
     tpot_limit_ms: float | None = None

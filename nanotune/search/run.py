@@ -9,9 +9,10 @@ import time
 from dataclasses import asdict, dataclass
 
 from nanotune.errors import UserError
+from nanotune.profile.ops import Shard
 from nanotune.results import environment, new_run_dir, results_root
 from nanotune.search import output, resolve
-from nanotune.search.capacity import ShardShapes, WorkloadStats, gpu_memory_gib
+from nanotune.search.capacity import WorkloadStats, gpu_memory_gib
 from nanotune.search.objective import OBJECTIVES, Objective, SearchContext, evaluate, full_params
 from nanotune.search.space import ENGINE_DEFAULT_DENSE_BATCH, ENGINE_DEFAULT_MAX_NUM_SEQS, Infeasible, build_plan
 from nanotune.search.study import open_study, pareto, prune_summary, ranked_trials, run_study, storage_url
@@ -78,7 +79,7 @@ def prepare(cfg: SearchConfig, log) -> tuple[SearchContext, dict]:
     wl = resolve.load_workload(cfg.workload, cfg.num_requests, cfg.seed, max_model_len)
     stats = WorkloadStats.of(*zip(*wl.lengths, strict=True))
     memory = cfg.gpu_memory_gib or gpu_memory_gib(profile.gpu_name, profile.data.get("gpu"))
-    ctx = SearchContext(profile, stats, ShardShapes.of(profile.shapes), memory, cfg.objective, cfg.tpot_limit_ms,
+    ctx = SearchContext(profile, stats, Shard.of(profile.shapes), memory, cfg.objective, cfg.tpot_limit_ms,
                         cfg.max_num_seqs, cfg.gpu_memory_fraction, cfg.block_size, max_model_len, cfg.composition,
                         wl.lengths)
     identity = {"model": model, "tp": cfg.tp, "workload": cfg.workload, "objective": cfg.objective,
