@@ -5,11 +5,10 @@ Plain Python (no torch), so the scheduler and tools without a GPU can read them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from engine.errors import EngineConfigError
+from engine.errors import EngineConfigError, read_json
 
 
 @dataclass(frozen=True)
@@ -122,12 +121,7 @@ def model_config_from_hf(path: str | Path) -> ModelConfig:
     """Read a Hugging Face `config.json` (llama, mistral, qwen2) into a ModelConfig."""
     path = Path(path)
     cfg_file = path / "config.json"
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except FileNotFoundError:
-        raise EngineConfigError(f"{cfg_file}: no such file (expected a Hugging Face checkpoint directory)") from None
-    except json.JSONDecodeError as e:
-        raise EngineConfigError(f"{cfg_file}:{e.lineno}: invalid JSON ({e.msg})") from None
+    raw = read_json(cfg_file, "no such file (expected a Hugging Face checkpoint directory)")
     model_type = raw.get("model_type", "llama")
     if model_type not in ("llama", "mistral", "qwen2"):
         raise EngineConfigError(f"{cfg_file}: field 'model_type': unsupported '{model_type}' "

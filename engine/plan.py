@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.errors import EngineConfigError
+from engine.errors import EngineConfigError, read_json
 
 # A Llama layer, in dataflow order. Values: the ops (same layer) whose output each op reads.
 # attn_norm also reads the previous layer's `down` (handled by the executor across layers).
@@ -162,11 +162,4 @@ class PipelinePlan:
 
     @staticmethod
     def load(path: str | Path) -> PipelinePlan:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise EngineConfigError(f"{path}: no such plan file") from None
-        except json.JSONDecodeError as e:
-            raise EngineConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-        return PipelinePlan.from_dict(raw, where=str(path))
+        return PipelinePlan.from_dict(read_json(path, "no such plan file"), where=str(path))
