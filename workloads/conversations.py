@@ -20,27 +20,24 @@ SHAREGPT_HUMAN = frozenset({"human", "user"})
 
 
 def read_sharegpt(path: str | Path, text: str, counter: TokenCounter) -> Trace:
-    pairs, skipped = [], 0
-    for line, entry in _records(path, text):
-        turns = require(entry, "conversations", path, line)
-        pair = _first_exchange(turns, path, line, "conversations", "from", "value", _sharegpt_roles)
-        if pair is None:
-            skipped += 1
-        else:
-            pairs.append(pair)
-    return _to_trace(path, "sharegpt", pairs, skipped, counter)
+    return _read_conversations(path, text, counter, "sharegpt", "conversations", "from", "value", _sharegpt_roles)
 
 
 def read_lmsys(path: str | Path, text: str, counter: TokenCounter) -> Trace:
+    return _read_conversations(path, text, counter, "lmsys", "conversation", "role", "content", _lmsys_roles)
+
+
+def _read_conversations(path, text, counter, fmt, turns_key, who_key, text_key, role_of) -> Trace:
+    """Both datasets have the same shape with different key names: one reader, told the names."""
     pairs, skipped = [], 0
     for line, entry in _records(path, text):
-        turns = require(entry, "conversation", path, line)
-        pair = _first_exchange(turns, path, line, "conversation", "role", "content", _lmsys_roles)
+        turns = require(entry, turns_key, path, line)
+        pair = _first_exchange(turns, path, line, turns_key, who_key, text_key, role_of)
         if pair is None:
             skipped += 1
         else:
             pairs.append(pair)
-    return _to_trace(path, "lmsys", pairs, skipped, counter)
+    return _to_trace(path, fmt, pairs, skipped, counter)
 
 
 def _sharegpt_roles(speaker: str) -> str:

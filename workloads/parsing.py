@@ -26,39 +26,36 @@ def _show(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _number(value: object, blank_is_none: bool = False) -> object:
+    """A CSV/JSON cell as a number where it is one (strings of digits included); anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if blank_is_none and not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _is_finite_non_negative(number: object) -> bool:
+    return (not isinstance(number, bool) and isinstance(number, int | float) and math.isfinite(number)
+            and number >= 0)
+
+
 def as_length(value: object, path: str | Path, line: int, field: str) -> int:
     """A token count: a non-negative integer (strings of digits from CSV cells, integral floats accepted)."""
-    number: object = value
-    if isinstance(value, str):
-        try:
-            number = float(value.strip()) if value.strip() else None
-        except ValueError:
-            number = None
-    if (
-        isinstance(number, bool)
-        or not isinstance(number, int | float)
-        or not math.isfinite(number)
-        or number != int(number)
-        or number < 0
-    ):
+    number = _number(value, blank_is_none=True)
+    if not _is_finite_non_negative(number) or number != int(number):
         raise fail(path, line, f"expected a non-negative integer, got {_show(value)}", field)
     return int(number)
 
 
 def as_seconds(value: object, path: str | Path, line: int, field: str, unit: float = 1.0) -> float:
     """A time stamp or offset: a finite non-negative number, multiplied by `unit` to give seconds."""
-    number: object = value
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = None
-    if (
-        isinstance(number, bool)
-        or not isinstance(number, int | float)
-        or not math.isfinite(number)
-        or number < 0
-    ):
+    number = _number(value)
+    if not _is_finite_non_negative(number):
         raise fail(path, line, f"expected a non-negative number of seconds, got {_show(value)}", field)
     return float(number) * unit
 
