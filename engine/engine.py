@@ -150,9 +150,9 @@ class LLMEngine:
             self._pending = None
             if timings:
                 self.op_profile.add(batch, timings)
-        if batch.seqs:
-            self.last_step = StepStats(batch.num_tokens, batch.num_decode, batch.num_prefill_tokens,
-                                       time.perf_counter() - t0 - wait, wait)
+        # every step reports (a step that only read back the last tokens launches nothing: 0 tokens)
+        self.last_step = StepStats(batch.num_tokens, batch.num_decode, batch.num_prefill_tokens,
+                                   time.perf_counter() - t0 - wait, wait)
         return outputs
 
     def _resolve(self, handle) -> tuple[list[RequestOutput], float]:

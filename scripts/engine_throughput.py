@@ -51,39 +51,20 @@ def run_one(engine, label: str, trace, peak, warmups: int, device: str) -> dict:
     from nanotune.bench.runner import run_bench
 
     engine.op_profile.__init__()
-    host0 = dict(host=0.0, wait=0.0)
-    t_steps = []
-
-    step = engine.step
-
-    def timed_step(*a, **k):  # host (Python) time vs time blocked on the GPU, per iteration
-        out = step(*a, **k)
-        if engine.last_step is not None:
-            host0["host"] += engine.last_step.host_s
-            host0["wait"] += engine.last_step.wait_s
-            t_steps.append(engine.last_step.num_tokens)
-        return out
-
-    engine.step = timed_step
-    try:
-        cfg = BenchConfig(trace=label, engine="nanoflow", model=engine.model_config.name, device=device,
-                          num_warmups=warmups)
-        backend = EngineBackend(engine, name=label, info={"plan": engine.runner.plan.to_dict()})
-        outcome = run_bench(cfg, trace, backend, peak)
-    finally:
-        engine.step = step
+    cfg = BenchConfig(trace=label, engine="nanoflow", model=engine.model_config.name, device=device,
+                      num_warmups=warmups)
+    backend = EngineBackend(engine, name=label, info={"plan": engine.runner.plan.to_dict()})
+    outcome = run_bench(cfg, trace, backend, peak)
     m = outcome.result["metrics"]
     keep = ["completed", "failed", "duration", "total_input_tokens", "total_output_tokens",
             "request_throughput", "output_throughput", "total_token_throughput",
             "optimal_total_token_throughput", "efficiency", "mean_ttft_ms", "mean_tpot_ms",
             "normalized_latency_ms", "steady"]
+    steps = outcome.result["points"][-1]["runs"][-1]["backend"]  # the measured phase, warm-up excluded
     return {"metrics": {k: m.get(k) for k in keep}, "op_profile": engine.op_profile.summary(),
-            # share of step wall time spent in Python (with async scheduling it overlaps the GPU's work)
-            "host_fraction": host0["host"] / max(host0["host"] + host0["wait"], 1e-9),
-            "host_ms_per_step": 1e3 * host0["host"] / max(len(t_steps), 1),
-            "mean_step_tokens": sum(t_steps) / max(len(t_steps), 1), "num_steps": len(t_steps),
-            "num_preemptions": engine.stats()["num_preemptions"],
-            "backend": outcome.result["points"][-1]["runs"][-1]["backend"]}
+            "host_fraction": steps.get("host_fraction"), "host_ms_per_step": steps.get("host_ms_per_step"),
+            "mean_step_tokens": steps.get("mean_tokens_per_step"), "num_steps": steps.get("num_steps"),
+            "num_preemptions": engine.stats()["num_preemptions"], "backend": steps}
 
 
 def main() -> None:

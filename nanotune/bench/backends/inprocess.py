@@ -31,10 +31,12 @@ class EngineBackend(Backend):
         self._ended: list[RequestRecord] = []
         self._step_s: list[float] = []
         self._step_tokens: list[int] = []
+        self._host_s = self._wait_s = 0.0
 
     def begin(self, t0: float) -> None:
         super().begin(t0)
         self._step_s, self._step_tokens = [], []
+        self._host_s = self._wait_s = 0.0
 
     def phase_stats(self) -> dict:
         """Measured iteration (step) times: what a plan's predicted iteration time is checked against."""
@@ -45,6 +47,11 @@ class EngineBackend(Backend):
                "total_step_s": sum(self._step_s)}
         if self._step_tokens:
             out["mean_tokens_per_step"] = statistics.fmean(self._step_tokens)
+        if self._host_s or self._wait_s:
+            # Python time of the engine's steps against time blocked on the GPU; with async scheduling the
+            # Python part overlaps the GPU's work, so this is host load, not GPU idle time
+            out["host_ms_per_step"] = 1e3 * self._host_s / len(ms)
+            out["host_fraction"] = self._host_s / (self._host_s + self._wait_s)
         return out
 
     def describe(self) -> dict:
@@ -73,8 +80,11 @@ class EngineBackend(Backend):
         t = self.now()
         self._step_s.append(time.perf_counter() - start)
         last = getattr(self.engine, "last_step", None)  # the engine's StepStats, when it keeps one
-        if last is not None and getattr(last, "num_tokens", None) is not None:
+        if last is not None and getattr(last, "num_tokens", None):
             self._step_tokens.append(int(last.num_tokens))
+        if last is not None and hasattr(last, "host_s"):
+            self._host_s += last.host_s
+            self._wait_s += last.wait_s
         for out in outputs:
             rec = self._inflight.get(out.request_id)
             if rec is None:
