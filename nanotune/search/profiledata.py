@@ -9,7 +9,6 @@ an op's time alone at a size and SM budget, and its slowdown beside another op.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,22 +32,12 @@ DEFAULT_COMM_SLOWDOWN = 1.1
 
 
 def read_profile_json(path: str | Path) -> dict:
-    """The profile as a dict. Goes through nanotune.profile's own loader (which validates its schema) when
-    that package is importable, so both sides agree on one reader; plain JSON otherwise."""
-    path = Path(path)
-    try:  # the profile package's loader checks every field it writes; plain JSON if it is not installed
-        from nanotune.profile.schema import load_profile as _load
-    except ImportError:
-        _load = None
-    if _load is not None:
-        loaded = _load(path)
-        return loaded if isinstance(loaded, dict) else loaded.to_dict()
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such profile file") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    """The profile as a dict, through nanotune.profile's own loader (which validates its schema), so the
+    writer and this reader agree on one format."""
+    from nanotune.profile.schema import load_profile
+
+    loaded = load_profile(Path(path))
+    return loaded if isinstance(loaded, dict) else loaded.to_dict()
 
 
 def _x(op: str, point: dict) -> float:
