@@ -25,6 +25,9 @@ class StepStats:
     wait_s: float  # time blocked on the GPU for sampled tokens (async: the previous iteration's)
 
 
+MAX_OP_SAMPLES = 128
+
+
 class OpProfile:
     """Per-op GPU time summed over layers, accumulated over sampled iterations (CUDA events)."""
 
@@ -34,8 +37,12 @@ class OpProfile:
         self.iteration_ms = 0.0
         self.tokens = 0
         self.decode_seqs = 0
+        self.samples: list[tuple[int, int, list]] = []  # (tokens, decode seqs, OpTimings): the first few,
+        #                                                  for timelines of single iterations (Gantt)
 
     def add(self, batch: ScheduledBatch, timings: list) -> None:
+        if len(self.samples) < MAX_OP_SAMPLES:
+            self.samples.append((batch.num_tokens, batch.num_decode, list(timings)))
         self.num_iterations += 1
         self.tokens += batch.num_tokens
         self.decode_seqs += batch.num_decode

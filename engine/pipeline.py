@@ -14,7 +14,8 @@ import torch
 
 from engine.models.forward import ForwardBatch
 from engine.models.llama import LlamaModel
-from engine.plan import PipelinePlan
+from engine.partition import cublas_sm_budget, green_context
+from engine.plan import GEMM_OPS, PipelinePlan
 
 
 @dataclass
@@ -41,10 +42,31 @@ class PlanExecutor:
         needed = {j for w in self.waits + self.prev_waits for j in w}
         self.streams = None
         self.events = {}
-        if self.is_cuda and plan.num_streams > 1:
+        self.green = []  # green contexts behind the streams (kept alive while their streams are used)
+        self.calls = [self._call(inst, device) for inst in plan.ops]  # fn(layer, a, b, fb) per instance
+        if self.is_cuda and (plan.num_streams > 1 or plan.partition == "green"):
             prios = plan.stream_priorities or (0,) * plan.num_streams
-            self.streams = [torch.cuda.Stream(device=device, priority=p) for p in prios]
+            sms = plan.stream_sms or (None,) * plan.num_streams
+            self.streams = []
+            for p, n in zip(prios, sms, strict=True):
+                if plan.partition == "green" and n is not None:  # a green stream takes no priority
+                    self.green.append(green_context(n, device))
+                    self.streams.append(self.green[-1].Stream())
+                else:
+                    self.streams.append(torch.cuda.Stream(device=device, priority=p))
             self.events = {j: torch.cuda.Event() for j in needed}
+
+    def _call(self, inst, device):
+        fn, budget = self.model.ops[inst.op], inst.sm_budget
+        if self.plan.partition == "cublas" and self.is_cuda and inst.op in GEMM_OPS and budget is not None:
+            num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+
+            def confined(layer, a, b, fb):
+                with cublas_sm_budget(budget, num_sms):
+                    fn(layer, a, b, fb, budget)
+
+            return confined
+        return lambda layer, a, b, fb: fn(layer, a, b, fb, budget)
 
     def _rows(self, fb: ForwardBatch):
         return [self.plan.rows(inst, fb.num_tokens) for inst in self.plan.ops]
@@ -52,13 +74,13 @@ class PlanExecutor:
     def forward(self, fb: ForwardBatch, timings: list[OpTiming] | None = None) -> None:
         """Run every layer of the plan over the batch; leaves the last layer's output in the workspace."""
         rows = self._rows(fb)
-        run = self.model.ops
+        calls = self.calls
         ops = self.plan.ops
         if self.streams is None and timings is None:  # the fast path: one stream, issue order
             for layer in range(self.model.cfg.num_layers):
-                for inst, (a, b) in zip(ops, rows, strict=True):
+                for call, (a, b) in zip(calls, rows, strict=True):
                     if a < b:
-                        run[inst.op](layer, a, b, fb, inst.sm_budget)
+                        call(layer, a, b, fb)
             return
         main = torch.cuda.current_stream() if self.is_cuda else None
         streams = self.streams or [main] * self.plan.num_streams
@@ -75,7 +97,7 @@ class PlanExecutor:
                 for k, (inst, (a, b)) in enumerate(zip(ops, rows, strict=True)):
                     if a < b:
                         s = time.perf_counter()
-                        run[inst.op](layer, a, b, fb, inst.sm_budget)
+                        calls[k](layer, a, b, fb)
                         e = time.perf_counter()
                         timings.append(OpTiming(layer, k, inst.op, inst.stream, 1e3 * (s - t0), 1e3 * (e - t0)))
             return
@@ -95,7 +117,7 @@ class PlanExecutor:
                     if origin is not None:
                         e0 = torch.cuda.Event(enable_timing=True)
                         e0.record(s)
-                    run[inst.op](layer, a, b, fb, inst.sm_budget)
+                    calls[k](layer, a, b, fb)
                     if k in self.events:
                         self.events[k].record(s)
                         recorded.add(k)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from engine.errors import EngineConfigError, read_json
 
+PARTITIONS = ("grid", "cublas", "green")  # see engine/partition.py
+GEMM_OPS = ("qkv", "o_proj", "gate_up", "down")  # the layer's matmuls (cuBLAS)
+
 # A Llama layer, in dataflow order. Values: the ops (same layer) whose output each op reads.
 # attn_norm also reads the previous layer's `down` (handled by the executor across layers).
 LAYER_OPS: dict[str, tuple[str, ...]] = {
@@ -40,7 +43,7 @@ class OpInstance:
     lo: float = 0.0  # row range [lo, hi) as fractions of the dense batch's tokens
     hi: float = 1.0
     stream: int = 0
-    sm_budget: int | None = None  # programs (~SMs) a partition-aware kernel may use; None = whole GPU
+    sm_budget: int | None = None  # SMs the op may use (how: the plan's partition); None = whole GPU
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class PipelinePlan:
     num_streams: int = 1
     align: int = 1  # row boundaries rounded to a multiple of this (GEMM tiles like 64 or 128)
     stream_priorities: tuple[int, ...] = ()  # CUDA stream priority per stream (lower = higher priority)
+    # How sm_budget is enforced (engine/partition.py): "grid" bounds decode attention's persistent grid;
+    # "cublas" also gives GEMMs an SM-count target; "green" runs stream k in a green context of
+    # stream_sms[k] SMs (None = all).
+    partition: str = "grid"
+    stream_sms: tuple[int | None, ...] = ()
     meta: dict = field(default_factory=dict)
 
     # ---- construction -------------------------------------------------------------------------------
@@ -125,12 +133,23 @@ class PipelinePlan:
         if self.stream_priorities and len(self.stream_priorities) != self.num_streams:
             raise EngineConfigError(f"{where}: stream_priorities has {len(self.stream_priorities)} "
                                     f"entries for {self.num_streams} streams")
+        if self.partition not in PARTITIONS:
+            raise EngineConfigError(f"{where}: partition '{self.partition}' is not one of {', '.join(PARTITIONS)}")
+        if self.stream_sms and len(self.stream_sms) != self.num_streams:
+            raise EngineConfigError(f"{where}: stream_sms has {len(self.stream_sms)} entries for "
+                                    f"{self.num_streams} streams")
+        if self.stream_sms and self.partition != "green":
+            raise EngineConfigError(f"{where}: stream_sms needs partition 'green' (it is '{self.partition}')")
+        for k, n in enumerate(self.stream_sms):
+            if n is not None and (n < 1 or (num_sms and n > num_sms)):
+                raise EngineConfigError(f"{where}: stream_sms[{k}] = {n} outside 1..{num_sms or 'SMs'}")
 
     # ---- JSON ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ops"] = [{k: v for k, v in asdict(i).items() if v is not None} for i in self.ops]
         d["stream_priorities"] = list(self.stream_priorities)
+        d["stream_sms"] = list(self.stream_sms)
         return d
 
     def save(self, path: str | Path) -> None:
@@ -153,10 +172,16 @@ class PipelinePlan:
                                       None if o.get("sm_budget") is None else int(o["sm_budget"])))
             except (TypeError, ValueError) as e:
                 raise EngineConfigError(f"{where}: ops[{k}]: {e}") from None
-        plan = PipelinePlan(name=str(d.get("name", Path(where).stem)), ops=tuple(ops),
-                            num_streams=int(d.get("num_streams", 1)), align=int(d.get("align", 1)),
-                            stream_priorities=tuple(d.get("stream_priorities", ())),
-                            meta=dict(d.get("meta", {})))
+        try:
+            sms = d.get("stream_sms", ())
+            plan = PipelinePlan(name=str(d.get("name", Path(where).stem)), ops=tuple(ops),
+                                num_streams=int(d.get("num_streams", 1)), align=int(d.get("align", 1)),
+                                stream_priorities=tuple(int(p) for p in d.get("stream_priorities", ())),
+                                partition=str(d.get("partition", "grid")),
+                                stream_sms=tuple(None if n is None else int(n) for n in sms),
+                                meta=dict(d.get("meta", {})))
+        except (TypeError, ValueError) as e:
+            raise EngineConfigError(f"{where}: {e}") from None
         plan.validate(where=where)
         return plan
 

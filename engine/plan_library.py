@@ -6,35 +6,67 @@ parameters and returned as a PipelinePlan (saveable JSON): nothing here is execu
 
 from __future__ import annotations
 
+import re
+
 from engine.config import ModelConfig
-from engine.plan import OpInstance, PipelinePlan
+from engine.errors import EngineConfigError
+from engine.plan import GEMM_OPS, OpInstance, PipelinePlan
 
 PRE_ATTN = ("attn_norm", "qkv", "rope_kv")
 POST_ATTN = ("o_proj", "mlp_norm", "gate_up", "silu_mul", "down")
 
 
 def nano_batch_plan(num_nano_batches: int = 2, decode_sm_budget: int | None = None, align: int = 64,
-                    attn_priority: int = 0, name: str | None = None) -> PipelinePlan:
+                    attn_priority: int = 0, name: str | None = None, partition: str = "grid",
+                    gemm_sm_budget: int | None = None) -> PipelinePlan:
     """Cut the dense batch into equal nano-batches; GEMMs, norms and small ops on stream 0, attention on
     stream 1. Issue order per layer: every nano-batch's pre-attention ops (so attention of nano-batch i
     overlaps the qkv GEMM of i+1), then every nano-batch's o_proj + MLP (so the last attention overlaps
-    the MLP of the earlier ones). Decode attention may be confined to `decode_sm_budget` programs.
+    the MLP of the earlier ones).
+
+    partition "grid": decode attention runs at most `decode_sm_budget` programs; "cublas": as well, and the
+    GEMMs aim at `gemm_sm_budget` SMs; "green": stream 0 lives in a green context of `gemm_sm_budget` SMs
+    and stream 1 in one of `decode_sm_budget` SMs (None = all SMs).
     """
     edges = [i / num_nano_batches for i in range(num_nano_batches + 1)]
     ranges = list(zip(edges[:-1], edges[1:], strict=True))
+    gemm_budget = gemm_sm_budget if partition == "cublas" else None
+    attn_budget = decode_sm_budget if partition != "green" else None
     ops = []
     for lo, hi in ranges:
-        ops += [OpInstance(op, lo, hi) for op in PRE_ATTN]
-        ops += [OpInstance("decode_attn", lo, hi, stream=1, sm_budget=decode_sm_budget),
+        ops += [OpInstance(op, lo, hi, sm_budget=gemm_budget if op in GEMM_OPS else None) for op in PRE_ATTN]
+        ops += [OpInstance("decode_attn", lo, hi, stream=1, sm_budget=attn_budget),
                 OpInstance("prefill_attn", lo, hi, stream=1)]
     for lo, hi in ranges:
-        ops += [OpInstance(op, lo, hi) for op in POST_ATTN]
+        ops += [OpInstance(op, lo, hi, sm_budget=gemm_budget if op in GEMM_OPS else None) for op in POST_ATTN]
+    tag = {"grid": "", "cublas": "-cublas", "green": "-green"}[partition]
     budget = f"-sm{decode_sm_budget}" if decode_sm_budget else ""
-    return PipelinePlan(name or f"nb{num_nano_batches}{budget}", tuple(ops), num_streams=2, align=align,
-                        stream_priorities=(0, attn_priority),
+    return PipelinePlan(name or f"nb{num_nano_batches}{tag}{budget}", tuple(ops), num_streams=2, align=align,
+                        stream_priorities=(0, attn_priority), partition=partition,
+                        stream_sms=(gemm_sm_budget, decode_sm_budget) if partition == "green" else (),
                         meta={"generator": "engine.plan_library.nano_batch_plan",
-                              "params": {"num_nano_batches": num_nano_batches,
-                                         "decode_sm_budget": decode_sm_budget, "align": align}})
+                              "params": {"num_nano_batches": num_nano_batches, "partition": partition,
+                                         "decode_sm_budget": decode_sm_budget, "gemm_sm_budget": gemm_sm_budget,
+                                         "align": align, "attn_priority": attn_priority}})
+
+
+def plan_from_name(name: str, num_sms: int) -> PipelinePlan:
+    """'sequential' or nano_batch_plan's own names: nb<N>[-cublas|-green][-sm<decode SMs>][-prio], e.g.
+    'nb2-cublas-sm33' = two nano-batches, decode attention on 33 SMs, GEMMs aimed at the other num_sms - 33."""
+    if name == "sequential":
+        return PipelinePlan.sequential()
+    m = re.fullmatch(r"nb(\d+)(?:-(cublas|green))?(?:-sm(\d+))?(-prio)?", name)
+    if not m:
+        raise EngineConfigError(f"plan name '{name}': expected 'sequential' or nb<N>[-cublas|-green][-sm<S>][-prio]")
+    n, partition, sms, prio = int(m[1]), m[2] or "grid", m[3], bool(m[4])
+    decode = int(sms) if sms else None
+    if decode is not None and not 1 <= decode < num_sms:
+        raise EngineConfigError(f"plan name '{name}': sm{decode} must be within 1..{num_sms - 1}")
+    if partition != "grid" and decode is None:
+        raise EngineConfigError(f"plan name '{name}': partition '{partition}' needs -sm<S>")
+    gemm = num_sms - decode if decode is not None and partition != "grid" else None
+    return nano_batch_plan(n, decode_sm_budget=decode, attn_priority=-1 if prio else 0, partition=partition,
+                           gemm_sm_budget=gemm, name=name)
 
 
 def default_plan(model: ModelConfig) -> PipelinePlan:

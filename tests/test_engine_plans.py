@@ -40,6 +40,20 @@ def test_nano_batch_plans_match_sequential(tmp_path, num_nano_batches, align):
         assert ((a - b).norm() / b.norm()).item() <= 1e-5
 
 
+@pytest.mark.parametrize("name", ["nb2-cublas-sm3", "nb2-green-sm4", "nb3-sm2-prio"])
+def test_partitioned_plans_match_sequential_on_cpu(tmp_path, name):
+    """On CPU, partitions (cuBLAS targets, green contexts, priorities) are no-ops; the slicing still runs."""
+    from engine.plan_library import plan_from_name
+
+    path = tmp_path / "plan.json"
+    plan_from_name(name, 8).save(path)
+    ref_tokens, ref_logits = run()
+    tokens, logits = run(str(path))
+    assert tokens == ref_tokens
+    for a, b in zip(logits, ref_logits, strict=True):
+        assert ((a - b).norm() / b.norm()).item() <= 1e-5
+
+
 def test_step_timings_cover_every_op_of_every_layer():
     eng = LLMEngine(EngineConfig(model="tiny-llama-micro", device="cpu", dtype="float32"))
     eng.add_request([1, 2, 3, 4, 5], SamplingParams(max_tokens=3, ignore_eos=True))

@@ -54,6 +54,11 @@ def test_two_nano_batch_plan_valid_roundtrips_and_derives_deps(tmp_path):
     (lambda d: d["ops"][0].update(op="softmax"), "unknown op"),
     (lambda d: d["ops"][0].update(colour="red"), "unknown field 'colour'"),
     (lambda d: d["ops"].insert(0, d["ops"].pop(1)), "issued before"),
+    (lambda d: d.update(partition="mps"), "partition 'mps' is not one of grid, cublas, green"),
+    (lambda d: d.update(partition="green", stream_sms=[100]), "stream_sms has 1 entries for 2 streams"),
+    (lambda d: d.update(stream_sms=[88, 44]), "stream_sms needs partition 'green'"),
+    (lambda d: d.update(partition="green", stream_sms=[88, 400]), r"stream_sms\[1\] = 400"),
+    (lambda d: d.update(stream_sms=["many", 4]), "invalid literal"),
 ])
 def test_invalid_plans_fail_with_one_line_naming_the_problem(tmp_path, mutate, message):
     d = two_nano_batches().to_dict()
@@ -70,3 +75,25 @@ def test_malformed_json_names_file_and_line(tmp_path):
     f.write_text('{"ops": [\n{"op": "qkv",}\n]}')
     with pytest.raises(EngineConfigError, match=r"p.json:2: invalid JSON"):
         PipelinePlan.load(f)
+
+
+def test_partition_fields_roundtrip_and_plan_names(tmp_path):
+    from engine.plan_library import plan_from_name
+
+    for name, partition, sms in [("nb2-cublas-sm33", "cublas", ()), ("nb3-green-sm44", "green", (88, 44)),
+                                 ("nb2-sm44-prio", "grid", ())]:
+        p = plan_from_name(name, 132)
+        p.validate(num_sms=132)
+        assert (p.name, p.partition, p.stream_sms, p.num_nano_batches) == (name, partition, sms, int(name[2]))
+        f = tmp_path / f"{name}.json"
+        p.save(f)
+        assert PipelinePlan.load(f) == p
+    cublas = plan_from_name("nb2-cublas-sm33", 132)
+    # GEMMs aim at the SMs attention leaves; decode attention's grid is bounded; norms stay unconfined
+    assert {i.sm_budget for i in cublas.ops if i.op in ("qkv", "o_proj", "gate_up", "down")} == {99}
+    assert {i.sm_budget for i in cublas.ops if i.op == "decode_attn"} == {33}
+    assert {i.sm_budget for i in cublas.ops if i.op in ("attn_norm", "silu_mul")} == {None}
+    assert plan_from_name("nb2-sm44-prio", 132).stream_priorities == (0, -1)
+    for bad, msg in [("nb2-cublas", "needs -sm"), ("two", "expected 'sequential'"), ("nb2-sm132", "1..131")]:
+        with pytest.raises(EngineConfigError, match=msg):
+            plan_from_name(bad, 132)

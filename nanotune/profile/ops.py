@@ -19,9 +19,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from engine.config import ModelConfig
-from engine.plan import LAYER_OPS
+from engine.plan import GEMM_OPS, LAYER_OPS
 
-GEMM_OPS = ("qkv", "o_proj", "gate_up", "down")
 ATTENTION_OPS = ("decode_attn", "prefill_attn")
 MEMORY_OPS = ("attn_norm", "mlp_norm", "rope_kv", "silu_mul")
 KINDS = {**{op: "gemm" for op in GEMM_OPS}, **{op: "attention" for op in ATTENTION_OPS},

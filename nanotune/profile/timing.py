@@ -121,8 +121,9 @@ class Timer:
         return start.elapsed_time(end) / n, host_s
 
     # ---- two ops at once ----------------------------------------------------------------------------
-    def pair(self, fa: Callable[[int], None], fb: Callable[[int], None]) -> PairStats:
-        """fa on stream 0 and fb on stream 1, released together by one event (fork) and joined after."""
+    def pair(self, fa: Callable[[int], None], fb: Callable[[int], None], streams=None) -> PairStats:
+        """fa on stream 0 and fb on stream 1, released together by one event (fork) and joined after.
+        streams: the two streams to use (e.g. with priorities or of green contexts); default two plain ones."""
         if not self.is_cuda:
             tog, sa, sb = [], [], []
             for r in range(self.warmup + self.repeats):
@@ -137,25 +138,25 @@ class Timer:
                     sb.append(1e3 * (t2 - t1))
             return PairStats(summarize(tog), summarize(sa), summarize(sb), concurrent=False)
         for i in range(self.warmup):
-            self._launch_pair(fa, fb, i)
+            self._launch_pair(fa, fb, i, streams)
         cuda.synchronize(self.device)
         t0 = time.perf_counter()
-        self._launch_pair(fa, fb, self.warmup)
+        self._launch_pair(fa, fb, self.warmup, streams)
         host_s = time.perf_counter() - t0
         cuda.synchronize(self.device)
         self._sleep(host_s * self.repeats)
-        marks = [self._launch_pair(fa, fb, self.warmup + 1 + r) for r in range(self.repeats)]
+        marks = [self._launch_pair(fa, fb, self.warmup + 1 + r, streams) for r in range(self.repeats)]
         cuda.synchronize(self.device)
         tog = [fork.elapsed_time(join) for fork, _, _, _, _, join in marks]
         sa = [a0.elapsed_time(a1) for _, a0, a1, _, _, _ in marks]
         sb = [b0.elapsed_time(b1) for _, _, _, b0, b1, _ in marks]
         return PairStats(summarize(tog), summarize(sa), summarize(sb), concurrent=True)
 
-    def _launch_pair(self, fa, fb, i: int):
+    def _launch_pair(self, fa, fb, i: int, streams=None):
         main = cuda.current_stream(self.device)
         if self._streams is None:
             self._streams = (cuda.Stream(self.device), cuda.Stream(self.device))
-        sa, sb = self._streams
+        sa, sb = streams or self._streams
         fork, a0, a1, b0, b1, join = (self._event() for _ in range(6))
         fork.record(main)
         for s, (e0, e1, fn) in ((sa, (a0, a1, fa)), (sb, (b0, b1, fb))):
