@@ -51,6 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_out = os.path.join(os.environ["OUT"], "stream-probe.json") if os.environ.get("OUT") else None
     ap.add_argument("--out", default=default_out)
+    ap.add_argument("--only-variants", action="store_true", help="skip the reads and page sizes")
     args = ap.parse_args()
     from engine.kernels.decode_attention import decode_attention
     from nanotune.results import environment, write_json_atomic
@@ -68,8 +69,16 @@ def main() -> None:
     res["copy_gb_s"] = round(copy_gbs, 1)
     del src, dst
     cols, nbytes = 128, 1 << 30
-    x = torch.randn(nbytes // 2 // cols, cols, device=dev, dtype=torch.bfloat16)
     budgets = sorted({max(1, round(nsm * f)) for f in (1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 1)})
+    if not args.only_variants:
+        measure_reads_and_pages(res, bench, budgets, copy_gbs, nsm, cols, nbytes, dev, decode_attention)
+    res["variants"] = decode_variants(bench, budgets, copy_gbs, res["errors"])
+    if args.out:
+        write_json_atomic(args.out, res)
+
+
+def measure_reads_and_pages(res, bench, budgets, copy_gbs, nsm, cols, nbytes, dev, decode_attention) -> None:
+    x = torch.randn(nbytes // 2 // cols, cols, device=dev, dtype=torch.bfloat16)
     out = torch.empty(4 * nsm, cols, device=dev)
     for rows in (64, 128):
         tiles = x.shape[0] // rows
@@ -120,8 +129,41 @@ def main() -> None:
                                   "frac_copy_bw": round(kv_bytes / ms / 1e6 / copy_gbs, 3)})
             print(res["decode"][-1], flush=True)
         del kc, vc
-    if args.out:
-        write_json_atomic(args.out, res)
+
+
+def decode_variants(bench, budgets, copy_gbs, errors) -> list[dict]:
+    """The decode kernel as shipped against its token-major variant (engine/kernels/decode_attention_kmajor.py),
+    each checked against the torch reference first, over tile configs and program budgets (~1 GiB of KV)."""
+    from engine.kernels.decode_attention import DecodeConfig, decode_attention, decode_attention_ref
+    from engine.kernels.decode_attention_kmajor import decode_attention_kmajor
+    from engine.kernels.testing import max_rel_error
+
+    dev = torch.device("cuda")
+    seqs, ctx, hkv, heads, d, block = 64, 4096, 8, 32, 128, 16
+    nblk = seqs * ctx // block
+    q = torch.randn(seqs, heads, d, device=dev, dtype=torch.bfloat16)
+    kc = torch.randn(nblk, hkv, block, d, device=dev, dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    bt = torch.randperm(nblk, device=dev, dtype=torch.int32).view(seqs, ctx // block)
+    lens = torch.randint(ctx // 2, ctx + 1, (seqs,), device=dev, dtype=torch.int32)
+    kv_bytes = 2 * 2 * hkv * d * int(lens.sum())
+    ref = decode_attention_ref(q[:8], kc, vc, bt[:8], lens[:8], d ** -0.5)
+    rows = []
+    for name, fn in (("rowmajor", decode_attention), ("kmajor", decode_attention_kmajor)):
+        for bn, nw, ns in ((64, 4, 2), (64, 4, 3), (64, 4, 4), (128, 4, 2), (128, 4, 3), (128, 8, 2), (128, 8, 3)):
+            cfg = DecodeConfig(block_n=bn, num_warps=nw, num_stages=ns)
+            try:
+                err = max_rel_error(fn(q[:8], kc, vc, bt[:8], lens[:8], d ** -0.5, config=cfg, max_programs=44), ref)
+            except Exception as e:
+                errors.append(f"{name} {cfg}: {type(e).__name__}: {e}"[:300])
+                continue
+            for p in budgets:
+                ms = bench(fn, q, kc, vc, bt, lens, d ** -0.5, config=cfg, max_programs=p)
+                rows.append({"kernel": name, "block_n": bn, "num_warps": nw, "num_stages": ns, "programs": p,
+                             "max_rel_err": err, "ms": round(ms, 4),
+                             "frac_copy_bw": round(kv_bytes / ms / 1e6 / copy_gbs, 3)})
+                print(rows[-1], flush=True)
+    return rows
 
 
 if __name__ == "__main__":
