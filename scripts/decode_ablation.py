@@ -5,9 +5,9 @@
 A pure streaming read reaches ~80% of copy bandwidth on a third of an H200's SMs (scripts/stream_probe.py),
 the decode kernel ~33%. This times, at several program budgets, the decode loop of
 engine/kernels/decode_attention.py (one split, llama-3-8b heads, contexts of 4096 over an identity block
-table) with constexpr switches: page ids through the register window + tl.gather or computed; the online
-softmax or none (p = s); V loaded and multiplied or not (K only). Throughput is bytes actually read over
-time, as a fraction of the copy bandwidth measured in the same run. Not engine code: a measurement.
+table, and one shuffled one) with constexpr switches: page ids through the register window + tl.gather or
+computed; the online softmax or none (p = s); V loaded and multiplied or not (K only). Throughput is bytes
+actually read over time, as a fraction of the copy bandwidth measured in the same run. Not engine code: a measurement.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def main() -> None:
     q = torch.randn(seqs, hkv * group, d, device=dev, dtype=torch.bfloat16)
     kc = torch.randn(seqs * pages, hkv, bs, d, device=dev, dtype=torch.bfloat16)
     vc = torch.randn_like(kc)
-    bt = torch.arange(seqs * pages, device=dev, dtype=torch.int32)
+    identity = torch.arange(seqs * pages, device=dev, dtype=torch.int32)
+    shuffled = torch.randperm(seqs * pages, device=dev, dtype=torch.int32)  # pages as a block manager hands them
     out = torch.empty(seqs, hkv * group, d, device=dev, dtype=torch.float32)
     res = {"kind": "decode_ablation", "environment": environment(), "copy_gb_s": round(copy_gbs, 1), "rows": [],
            "errors": []}
@@ -106,8 +107,10 @@ def main() -> None:
     cases = [(True, True, True, False), (False, True, True, False), (False, True, True, True),
              (True, False, True, False), (False, False, True, False), (False, False, True, True),
              (False, True, False, False), (False, True, False, True), (False, False, False, True),
-             (True, True, False, False)]
+             (True, True, True, "shuffled"), (True, True, False, False)]
     for (gather, softmax, use_v, flat), (bn, nw, ns) in itertools.product(cases, tiles):
+        bt = shuffled if flat == "shuffled" else identity
+        flat = flat is True
         nbytes = (2 if use_v else 1) * kc.numel() * 2
         for p in budgets:
             try:
@@ -118,7 +121,8 @@ def main() -> None:
             except Exception as e:
                 res["errors"].append(f"{gather, softmax, use_v, flat, bn, nw, ns}: {type(e).__name__}: {e}"[:300])
                 break
-            row = {"gather": gather, "softmax": softmax, "use_v": use_v, "flat": flat, "block_n": bn, "num_warps": nw,
+            row = {"gather": gather, "softmax": softmax, "use_v": use_v, "flat": flat,
+                   "pages": "shuffled" if bt is shuffled else "identity", "block_n": bn, "num_warps": nw,
                    "num_stages": ns, "programs": p, "ms": round(ms, 4),
                    "frac_copy_bw": round(nbytes / ms / 1e6 / copy_gbs, 3)}
             res["rows"].append(row)

@@ -149,7 +149,14 @@ def decode_variants(bench, budgets, copy_gbs, errors) -> list[dict]:
     kv_bytes = 2 * 2 * hkv * d * int(lens.sum())
     ref = decode_attention_ref(q[:8], kc, vc, bt[:8], lens[:8], d ** -0.5)
     rows = []
-    for name, fn in (("rowmajor", decode_attention), ("kmajor", decode_attention_kmajor)):
+    kernels = [("rowmajor", decode_attention), ("kmajor", decode_attention_kmajor)]
+    try:  # the committed kernel, when the caller put it beside the working one: same-run before/after
+        from engine.kernels.decode_attention_old import decode_attention as old
+
+        kernels.insert(0, ("rowmajor_old", old))
+    except ImportError:
+        pass
+    for name, fn in kernels:
         for bn, nw, ns in ((64, 4, 2), (64, 4, 3), (64, 4, 4), (128, 4, 2), (128, 4, 3), (128, 8, 2), (128, 8, 3)):
             cfg = DecodeConfig(block_n=bn, num_warps=nw, num_stages=ns)
             try:
