@@ -18,11 +18,16 @@ normalized partial output and its log2-sum-exp, and a second small kernel merges
 max_programs: the grid is min(work items, max_programs) programs, each looping over items pid, pid + P,
 ... so the engine can confine decode attention to an SM budget and run GEMMs beside it on another stream.
 
-Measured (H200, Llama-3-8B shapes, 1-2.3 GiB of KV, scripts/kernel_check.py): full grid 96-100% of the
-copy bandwidth (SDPA on un-paged K/V: 102%); one program per SM (132) 85%; 88 programs 62-71%; 44 programs
-33-37%. With one program per SM the loop is bound by its own issue/latency (cp.async address math, shared
-memory round trips, cross-warp softmax reductions), not by bytes in flight; a third of the SMs at 80%
-needs a warp-specialized TMA kernel (or two programs per SM) - not done here.
+Whole tiles run without masks; only a window's last, partial tile is masked (_attend_tile, MASKED). With
+one program per SM the loop is issue-bound (ncu at 44 programs: one warp per scheduler, an instruction every
+3.8 cycles; results/reference/h200/ncu-decode-44.txt) and masks on every tile cost ~25% of its rate.
+
+Measured (H200, Llama-3-8B shapes, 1 GiB of KV, scripts/kernel_check.py): full grid 94% of the copy
+bandwidth (SDPA on un-paged K/V: 99%); one program per SM (132) 86%; 66 programs 65%; 44 programs 44%
+(33-37% before the unmasked tiles). A pure streaming read reaches ~80% on 44 SMs with 32 KB tiles and 4
+stages (scripts/stream_probe.py), so what is left is the online softmax and the MMAs' latency per tile
+(scripts/decode_ablation.py): a third of the SMs at 80% needs more warps per SM (a warp-specialized kernel),
+not more bytes in flight.
 """
 
 from __future__ import annotations
@@ -108,6 +113,39 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, num_pr
     return max(1, min(want, cap, max_splits))
 
 
+@triton.jit
+def _attend_tile(q, acc, m_i, l_i, pages, page0, t0, w_end, kc_ptr, vc_ptr, head_off, stride_cb, stride_ct,
+                 scale_log2, n, d, BLOCK_SIZE: tl.constexpr, WINDOW_PAGES: tl.constexpr, MASKED: tl.constexpr,
+                 DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    """One BLOCK_N-token tile of the online softmax. MASKED only for a window's last, partial tile: masks on
+    every tile cost ~30% of the loop's rate with one program per SM (scripts/decode_ablation.py)."""
+    tok = t0 + n  # [BLOCK_N]
+    idx = tok // BLOCK_SIZE - page0
+    if MASKED:
+        idx = tl.minimum(idx, WINDOW_PAGES - 1)
+    blk = tl.gather(pages, idx, axis=0)
+    off = blk.to(tl.int64) * stride_cb + head_off + (tok % BLOCK_SIZE) * stride_ct
+    if MASKED:
+        valid = tok < w_end
+        k = tl.load(kc_ptr + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)  # [N, D]
+        v = tl.load(vc_ptr + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+    else:
+        k = tl.load(kc_ptr + off[:, None] + d[None, :])
+        v = tl.load(vc_ptr + off[:, None] + d[None, :])
+    if DOT_F32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # [G_PAD, BLOCK_N]
+    if MASKED:
+        s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, m_new, l_i
+
+
 # Values that change from batch to batch are not specialized on (divisibility by 16, == 1): each new
 # combination would be a fresh JIT compile in the middle of serving, seconds of stalled GPU.
 @triton.jit(do_not_specialize=["scale_log2", "num_seqs", "num_work", "split_len", "num_splits", "stride_bt"])
@@ -148,24 +186,16 @@ def _decode_kernel(
                 page0 = w0 // BLOCK_SIZE
                 pages = tl.load(bt_ptr + seq * stride_bt + page0 + pg,
                                 mask=pg * BLOCK_SIZE < w_end - w0, other=0)  # [WINDOW_PAGES] block ids
-                for t0 in range(w0, w_end, BLOCK_N):
-                    tok = t0 + n  # [BLOCK_N]
-                    valid = tok < w_end
-                    blk = tl.gather(pages, tl.minimum(tok // BLOCK_SIZE - page0, WINDOW_PAGES - 1), axis=0)
-                    off = blk.to(tl.int64) * stride_cb + head_off + (tok % BLOCK_SIZE) * stride_ct
-                    k = tl.load(kc_ptr + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)  # [N, D]
-                    v = tl.load(vc_ptr + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)
-                    if DOT_F32:
-                        k = k.to(tl.float32)
-                        v = v.to(tl.float32)
-                    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # [G_PAD, BLOCK_N]
-                    s = tl.where(valid[None, :], s, float("-inf"))
-                    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-                    alpha = tl.exp2(m_i - m_new)
-                    p = tl.exp2(s - m_new[:, None])
-                    l_i = l_i * alpha + tl.sum(p, axis=1)
-                    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-                    m_i = m_new
+                # whole tiles without masks (the loop the pipeliner streams), then at most one masked tail
+                full_end = w0 + (w_end - w0) // BLOCK_N * BLOCK_N
+                for t0 in range(w0, full_end, BLOCK_N):
+                    acc, m_i, l_i = _attend_tile(
+                        q, acc, m_i, l_i, pages, page0, t0, w_end, kc_ptr, vc_ptr, head_off, stride_cb, stride_ct,
+                        scale_log2, n, d, BLOCK_SIZE, WINDOW_PAGES, False, DOT_F32, PRECISION)
+                if full_end < w_end:
+                    acc, m_i, l_i = _attend_tile(
+                        q, acc, m_i, l_i, pages, page0, full_end, w_end, kc_ptr, vc_ptr, head_off, stride_cb,
+                        stride_ct, scale_log2, n, d, BLOCK_SIZE, WINDOW_PAGES, True, DOT_F32, PRECISION)
             l_safe = tl.where(l_i > 0, l_i, 1.0)
             o = acc / l_safe[:, None]
             gmask = (g < GROUP)[:, None]
