@@ -28,6 +28,8 @@ def parse_args():
     ap.add_argument("--out", default=default_out, help="JSON path (figure beside it, same stem)")
     ap.add_argument("--quick", action="store_true", help="fewer budgets and configs")
     ap.add_argument("--dry-run", action="store_true", help="CPU + tiny model: exercise the code paths only")
+    ap.add_argument("--blas", choices=("default", "cublaslt"), default="default",
+                    help="torch's BLAS for matmuls: torch 2.11 applies the SM carveout only on cuBLASLt paths")
     return ap.parse_args()
 
 
@@ -45,6 +47,8 @@ def main() -> None:
     from nanotune.results import environment, write_json_atomic
 
     dry = args.dry_run or not torch.cuda.is_available()
+    if args.blas != "default" and not dry:
+        torch.backends.cuda.preferred_blas_library(args.blas)
     dev = torch.device("cpu" if dry else "cuda")
     dtype = torch.float32 if dry else torch.bfloat16
     model = "tiny-llama" if dry else "llama-3-8b"
@@ -59,6 +63,7 @@ def main() -> None:
     fractions = (1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1) if not args.quick else (1 / 4, 1 / 3, 1 / 2, 1)
     budgets = sorted({max(1, round(nsm * f)) for f in fractions})
     res = {"kind": "partition_probe", "model": model, "environment": environment(), "num_sms": nsm,
+           "blas": args.blas,
            "methods": {"cublas": has_cublas_carveout(), "green": has_green_contexts() and not dry},
            "errors": [], "gemm_curves": [], "decode_curves": [], "decode_configs": [], "micro_pair": {}}
     t0 = time.perf_counter()
