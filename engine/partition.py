@@ -4,7 +4,9 @@
   ignore the budget. Works on plain streams.
 - "cublas": as "grid", and cuBLAS GEMMs with a budget run with an SM-count target of sm_budget SMs
   (torch's experimental SM carveout = num_sms - sm_budget, read when the matmul is launched, so it holds
-  inside CUDA graph capture too).
+  inside CUDA graph capture too). torch 2.11 applies the carveout on cuBLASLt paths only (plain torch.mm
+  went through cuBLAS and ignored it: results/reference/h200/partition-probe.json), so the confined matmuls
+  also run through cuBLASLt (partition-probe-cublaslt.json: 617 TFLOP/s on 88 SMs, 803 on all 132).
 - "green": each stream of the plan belongs to a CUDA green context of `stream_sms[k]` SMs
   (torch.cuda.green_contexts); every kernel on that stream is confined by the driver.
 
@@ -35,14 +37,17 @@ def has_green_contexts() -> bool:
 @contextlib.contextmanager
 def cublas_sm_budget(sm_budget: int | None, num_sms: int):
     """Within the block, cuBLAS matmuls aim at sm_budget SMs (None or >= num_sms: the whole GPU)."""
-    if sm_budget is None or sm_budget >= num_sms or not has_cublas_carveout():
+    if sm_budget is None or sm_budget >= num_sms or not has_cublas_carveout() or not torch.cuda.is_available():
         yield
         return
     prev = torch._C._get_sm_carveout_experimental()
+    prev_lib = torch.backends.cuda.preferred_blas_library()
     torch._C._set_sm_carveout_experimental(num_sms - max(1, sm_budget))
+    torch.backends.cuda.preferred_blas_library("cublaslt")
     try:
         yield
     finally:
+        torch.backends.cuda.preferred_blas_library(prev_lib)
         torch._C._set_sm_carveout_experimental(prev)
 
 

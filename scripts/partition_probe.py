@@ -28,6 +28,9 @@ def parse_args():
     ap.add_argument("--out", default=default_out, help="JSON path (figure beside it, same stem)")
     ap.add_argument("--quick", action="store_true", help="fewer budgets and configs")
     ap.add_argument("--dry-run", action="store_true", help="CPU + tiny model: exercise the code paths only")
+    ap.add_argument("--power", type=float, default=0.0, metavar="S",
+                    help="also run GEMM alone, attention alone, both, and back to back for S seconds each "
+                         "under NVML sampling (clocks, power, throttle reasons)")
     ap.add_argument("--blas", choices=("default", "cublaslt"), default="default",
                     help="torch's BLAS for matmuls: torch 2.11 applies the SM carveout only on cuBLASLt paths")
     return ap.parse_args()
@@ -217,6 +220,12 @@ def main() -> None:
                     variant(f"green_x{per_sm}", c, mlp(), attn(per_sm * c),
                             streams=(g_mlp.Stream(), g_attn.Stream()))
     print(f"pair done {time.perf_counter() - t0:.0f}s", flush=True)
+    if args.power > 0 and not dry:
+        c = third
+        s_gemm, s_attn = torch.cuda.Stream(device=dev), torch.cuda.Stream(device=dev)
+        res["power"] = attempt("power", lambda: power_run(torch, args.power, {
+            "gemm_alone": mlp(nsm - c), "attn_alone": attn(c), "back_to_back": b2b,
+            "together": concurrently(torch, attn(c), mlp(nsm - c), s_attn, s_gemm)}))
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     best = max(pair["variants"], key=lambda v: v["gain_vs_back_to_back"], default=None)
     pair["best"] = best
@@ -231,6 +240,52 @@ def main() -> None:
         print(f"  decode {r}")
     for r in res["errors"]:
         print("  error:", r)
+    for name, r in (res.get("power") or {}).items():
+        if isinstance(r, dict):
+            nv = r.get("nvml") or {}
+            print(f"  power {name:14s} {r['ms_per_call']:.3f} ms/call  sm clock {nv.get('sm_clock_mhz')}  "
+                  f"power {nv.get('power_w')}  reasons {nv.get('reasons')}")
+
+
+def concurrently(torch, fa, fb, sa, sb):
+    """fn(i): fa on stream sa, then fb on stream sb, both after and before the current stream's work."""
+    def run(i):
+        main = torch.cuda.current_stream()
+        sa.wait_stream(main)
+        sb.wait_stream(main)
+        with torch.cuda.stream(sa):
+            fa(i)
+        with torch.cuda.stream(sb):
+            fb(i)
+        main.wait_stream(sa)
+        main.wait_stream(sb)
+    return run
+
+
+def power_run(torch, seconds: float, fns: dict) -> dict:
+    """Each fn repeated for `seconds` under NVML sampling: ms per call, SM clock, power, throttle reasons.
+    Tells whether running two kernels at once costs clock speed (a power cap) rather than SMs."""
+    from nanotune.profile.nvml import NvmlSampler
+
+    out = {}
+    with NvmlSampler(torch.cuda.current_device(), interval_s=0.02) as nv:
+        for name, fn in fns.items():
+            for i in range(3):
+                fn(i)
+            torch.cuda.synchronize()
+            with nv.section(name):
+                t0, calls = time.perf_counter(), 0
+                while time.perf_counter() - t0 < seconds:
+                    for _ in range(10):
+                        fn(calls)
+                        calls += 1
+                    torch.cuda.synchronize()
+                out[name] = {"ms_per_call": round(1e3 * (time.perf_counter() - t0) / calls, 4), "calls": calls}
+        summary = nv.summary()
+    for name, r in out.items():
+        r["nvml"] = summary.get("sections", {}).get(name)
+    out["nvml_available"] = summary.get("available")
+    return out
 
 
 def plot(res: dict, path: str) -> None:
