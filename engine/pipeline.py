@@ -105,9 +105,10 @@ class PlanExecutor:
             origin = torch.cuda.Event(enable_timing=True)
             origin.record(main)
         recorded: set[int] = set()  # events recorded in this forward; a skipped producer left no data to wait for
+        idle = {k for k, (inst, (a, b)) in enumerate(zip(ops, rows, strict=True)) if not has_work(inst.op, a, b, fb)}
         for layer in range(self.model.cfg.num_layers):
             for k, (inst, (a, b)) in enumerate(zip(ops, rows, strict=True)):
-                if a >= b:
+                if k in idle:
                     continue
                 s = streams[inst.stream]
                 with torch.cuda.stream(s) if self.is_cuda else _null():
@@ -136,6 +137,20 @@ class PlanExecutor:
                 inst = ops[k]
                 timings.append(OpTiming(layer, k, inst.op, inst.stream, origin.elapsed_time(e0),
                                         origin.elapsed_time(e1)))
+
+
+def has_work(op: str, a: int, b: int, fb: ForwardBatch) -> bool:
+    """Whether an instance over rows [a, b) launches anything. Attention over rows holding none of its kind
+    (decode attention over prefill rows, prefill attention over decode rows) is skipped: it records no event,
+    so its consumers do not wait behind whatever its stream runs before it."""
+    if a >= b:
+        return False
+    if op == "decode_attn":
+        return a < fb.num_decode
+    if op == "prefill_attn":
+        meta = fb.prefill.get((a, b))
+        return meta is not None and meta.row_lo < meta.row_hi
+    return True
 
 
 class _null:

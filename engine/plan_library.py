@@ -18,7 +18,8 @@ POST_ATTN = ("o_proj", "mlp_norm", "gate_up", "silu_mul", "down")
 
 def nano_batch_plan(num_nano_batches: int = 2, decode_sm_budget: int | None = None, align: int = 64,
                     attn_priority: int = 0, name: str | None = None, partition: str = "grid",
-                    gemm_sm_budget: int | None = None) -> PipelinePlan:
+                    gemm_sm_budget: int | None = None, prefill_attn_stream: int = 1,
+                    reverse_post: bool = False) -> PipelinePlan:
     """Cut the dense batch into equal nano-batches; GEMMs, norms and small ops on stream 0, attention on
     stream 1. Issue order per layer: every nano-batch's pre-attention ops (so attention of nano-batch i
     overlaps the qkv GEMM of i+1), then every nano-batch's o_proj + MLP (so the last attention overlaps
@@ -27,6 +28,11 @@ def nano_batch_plan(num_nano_batches: int = 2, decode_sm_budget: int | None = No
     partition "grid": decode attention runs at most `decode_sm_budget` programs; "cublas": as well, and the
     GEMMs aim at `gemm_sm_budget` SMs; "green": stream 0 lives in a green context of `gemm_sm_budget` SMs
     and stream 1 in one of `decode_sm_budget` SMs (None = all SMs).
+
+    Decode rows come first in the dense batch, so in a mixed batch the first nano-batch holds the decode
+    tokens. prefill_attn_stream=0 keeps the (compute-bound) prefill attention with the GEMMs, and
+    reverse_post issues the later nano-batches' o_proj + MLP first: then the GEMMs of the prefill-only
+    nano-batches run while the first one's decode attention streams KV on stream 1 (NanoFlow's pairing).
     """
     edges = [i / num_nano_batches for i in range(num_nano_batches + 1)]
     ranges = list(zip(edges[:-1], edges[1:], strict=True))
@@ -36,29 +42,33 @@ def nano_batch_plan(num_nano_batches: int = 2, decode_sm_budget: int | None = No
     for lo, hi in ranges:
         ops += [OpInstance(op, lo, hi, sm_budget=gemm_budget if op in GEMM_OPS else None) for op in PRE_ATTN]
         ops += [OpInstance("decode_attn", lo, hi, stream=1, sm_budget=attn_budget),
-                OpInstance("prefill_attn", lo, hi, stream=1)]
-    for lo, hi in ranges:
+                OpInstance("prefill_attn", lo, hi, stream=prefill_attn_stream)]
+    for lo, hi in (reversed(ranges) if reverse_post else ranges):
         ops += [OpInstance(op, lo, hi, sm_budget=gemm_budget if op in GEMM_OPS else None) for op in POST_ATTN]
     tag = {"grid": "", "cublas": "-cublas", "green": "-green"}[partition]
     budget = f"-sm{decode_sm_budget}" if decode_sm_budget else ""
+    budget += ("-pf0" if prefill_attn_stream == 0 else "") + ("-rev" if reverse_post else "")
     return PipelinePlan(name or f"nb{num_nano_batches}{tag}{budget}", tuple(ops), num_streams=2, align=align,
                         stream_priorities=(0, attn_priority), partition=partition,
                         stream_sms=(gemm_sm_budget, decode_sm_budget) if partition == "green" else (),
                         meta={"generator": "engine.plan_library.nano_batch_plan",
                               "params": {"num_nano_batches": num_nano_batches, "partition": partition,
                                          "decode_sm_budget": decode_sm_budget, "gemm_sm_budget": gemm_sm_budget,
-                                         "align": align, "attn_priority": attn_priority}})
+                                         "align": align, "attn_priority": attn_priority,
+                                         "prefill_attn_stream": prefill_attn_stream, "reverse_post": reverse_post}})
 
 
 def plan_from_name(name: str, num_sms: int) -> PipelinePlan:
-    """'sequential' or nano_batch_plan's own names: nb<N>[-cublas|-green][-sm<decode SMs>][-prio], e.g.
-    'nb2-cublas-sm33' = two nano-batches, decode attention on 33 SMs, GEMMs aimed at the other num_sms - 33."""
+    """'sequential' or nano_batch_plan's own names: nb<N>[-cublas|-green][-sm<decode SMs>][-pf0][-rev][-prio],
+    e.g. 'nb2-cublas-sm33' = two nano-batches, decode attention on 33 SMs, GEMMs aimed at the other
+    num_sms - 33; '-pf0' = prefill attention on the GEMM stream; '-rev' = later nano-batches' MLPs first."""
     if name == "sequential":
         return PipelinePlan.sequential()
-    m = re.fullmatch(r"nb(\d+)(?:-(cublas|green))?(?:-sm(\d+))?(-prio)?", name)
+    m = re.fullmatch(r"nb(\d+)(?:-(cublas|green))?(?:-sm(\d+))?(-pf0)?(-rev)?(-prio)?", name)
     if not m:
-        raise EngineConfigError(f"plan name '{name}': expected 'sequential' or nb<N>[-cublas|-green][-sm<S>][-prio]")
-    n, partition, sms, prio = int(m[1]), m[2] or "grid", m[3], bool(m[4])
+        raise EngineConfigError(f"plan name '{name}': expected 'sequential' or "
+                                "nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio]")
+    n, partition, sms, pf0, rev, prio = int(m[1]), m[2] or "grid", m[3], bool(m[4]), bool(m[5]), bool(m[6])
     decode = int(sms) if sms else None
     if decode is not None and not 1 <= decode < num_sms:
         raise EngineConfigError(f"plan name '{name}': sm{decode} must be within 1..{num_sms - 1}")
@@ -66,7 +76,7 @@ def plan_from_name(name: str, num_sms: int) -> PipelinePlan:
         raise EngineConfigError(f"plan name '{name}': partition '{partition}' needs -sm<S>")
     gemm = num_sms - decode if decode is not None and partition != "grid" else None
     return nano_batch_plan(n, decode_sm_budget=decode, attn_priority=-1 if prio else 0, partition=partition,
-                           gemm_sm_budget=gemm, name=name)
+                           gemm_sm_budget=gemm, name=name, prefill_attn_stream=0 if pf0 else 1, reverse_post=rev)
 
 
 def default_plan(model: ModelConfig) -> PipelinePlan:

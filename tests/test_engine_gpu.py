@@ -93,7 +93,8 @@ def test_two_stream_plan_matches_sequential(tmp_path):
             assert ((a - b).norm() / b.norm()).item() <= 1e-2
 
 
-@pytest.mark.parametrize("name", ["nb2-cublas-sm44", "nb2-green-sm44", "nb3-cublas-sm33-prio"])
+@pytest.mark.parametrize("name", ["nb2-cublas-sm44", "nb2-green-sm44", "nb3-cublas-sm33-prio", "nb2-pf0-rev",
+                                  "nb3-sm44-pf0-rev"])
 def test_partitioned_plans_match_sequential(tmp_path, name):
     """cuBLAS SM targets, green-context streams and stream priorities change where kernels run, never what
     they compute: eager and CUDA-graph runs give the sequential plan's tokens."""

@@ -40,7 +40,8 @@ def test_nano_batch_plans_match_sequential(tmp_path, num_nano_batches, align):
         assert ((a - b).norm() / b.norm()).item() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["nb2-cublas-sm3", "nb2-green-sm4", "nb3-sm2-prio"])
+@pytest.mark.parametrize("name", ["nb2-cublas-sm3", "nb2-green-sm4", "nb3-sm2-prio", "nb2-pf0-rev",
+                                  "nb3-sm2-pf0-rev"])
 def test_partitioned_plans_match_sequential_on_cpu(tmp_path, name):
     """On CPU, partitions (cuBLAS targets, green contexts, priorities) are no-ops; the slicing still runs."""
     from engine.plan_library import plan_from_name
@@ -63,3 +64,19 @@ def test_step_timings_cover_every_op_of_every_layer():
     expected = {(layer, op) for layer in range(2) for op in LAYER_OPS}  # decode_attn: a no-op, timed too
     assert ops == expected
     assert all(t.end_ms >= t.start_ms for t in timings)
+
+
+def test_attention_over_rows_of_the_other_kind_is_skipped():
+    """Skipped instances record no event, so consumers on the other stream never wait behind them."""
+    from engine.models.forward import ForwardBatch, PrefillMeta
+    from engine.pipeline import has_work
+
+    empty = torch.zeros(0, dtype=torch.int64)
+    fb = ForwardBatch(num_tokens=10, num_decode=4, input_ids=empty, positions=empty, slot_mapping=empty,
+                      decode_block_tables=empty, decode_context_lens=empty, logits_rows=empty)
+    fb.prefill[(5, 10)] = PrefillMeta(5, 10, empty, empty, empty, max_seqlen_q=5)
+    fb.prefill[(0, 4)] = PrefillMeta(4, 4, empty, empty, empty, max_seqlen_q=0)
+    assert has_work("decode_attn", 0, 5, fb) and not has_work("decode_attn", 5, 10, fb)
+    assert has_work("prefill_attn", 5, 10, fb) and not has_work("prefill_attn", 0, 4, fb)
+    assert not has_work("prefill_attn", 2, 3, fb)  # no metadata: no prefill rows in the range
+    assert has_work("qkv", 5, 10, fb) and not has_work("qkv", 3, 3, fb)

@@ -81,7 +81,7 @@ def test_partition_fields_roundtrip_and_plan_names(tmp_path):
     from engine.plan_library import plan_from_name
 
     for name, partition, sms in [("nb2-cublas-sm33", "cublas", ()), ("nb3-green-sm44", "green", (88, 44)),
-                                 ("nb2-sm44-prio", "grid", ())]:
+                                 ("nb2-sm44-prio", "grid", ()), ("nb2-sm44-pf0-rev", "grid", ())]:
         p = plan_from_name(name, 132)
         p.validate(num_sms=132)
         assert (p.name, p.partition, p.stream_sms, p.num_nano_batches) == (name, partition, sms, int(name[2]))
@@ -94,6 +94,9 @@ def test_partition_fields_roundtrip_and_plan_names(tmp_path):
     assert {i.sm_budget for i in cublas.ops if i.op == "decode_attn"} == {33}
     assert {i.sm_budget for i in cublas.ops if i.op in ("attn_norm", "silu_mul")} == {None}
     assert plan_from_name("nb2-sm44-prio", 132).stream_priorities == (0, -1)
+    mixed = plan_from_name("nb2-pf0-rev", 132)  # prefill attention with the GEMMs; nano-batch 1's MLP first
+    assert {i.stream for i in mixed.ops if i.op == "prefill_attn"} == {0}
+    assert [i.lo for i in mixed.ops if i.op == "o_proj"] == [0.5, 0.0]
     for bad, msg in [("nb2-cublas", "needs -sm"), ("two", "expected 'sequential'"), ("nb2-sm132", "1..131")]:
         with pytest.raises(EngineConfigError, match=msg):
             plan_from_name(bad, 132)
