@@ -10,7 +10,8 @@
 - "green": each stream of the plan belongs to a CUDA green context of `stream_sms[k]` SMs
   (torch.cuda.green_contexts); every kernel on that stream is confined by the driver.
 
-Which wins is measured (scripts/partition_probe.py); the plan only names one.
+Which wins is measured (scripts/partition_probe.py; H200 results in results/reference/h200/partition-probe*):
+none beat plain streams with full grids yet. The plan only names one.
 """
 
 from __future__ import annotations

@@ -82,10 +82,11 @@ def plan_from_name(name: str, num_sms: int) -> PipelinePlan:
 def default_plan(model: ModelConfig) -> PipelinePlan:
     """The plan `--engine nanoflow` runs without `--plan`.
 
-    Measured on an H200 with llama-3-8b (results/reference/h200/engine-sequential.json), the two-nano-batch
-    overlap plan on plain streams was 1.01x of sequential on 1024/512, 0.93x on 512/512 and 0.75x on
-    ShareGPT: full-grid kernels on two streams interfere more than they overlap. Until `nanotune search`
-    (or better SM partitioning) finds a plan that wins, the default is the sequential plan.
+    Measured on an H200 with llama-3-8b (results/reference/h200/engine-overlap*.json), two nano-batches on
+    plain streams were 0.97-1.03x of sequential on 1024/512, 0.92x on 512/1024, 0.99x on 512/512, 0.94x on
+    Splitwise and 0.63-0.68x on ShareGPT/LMSYS; SM-partitioned variants (bounded attention grid, cuBLASLt
+    SM targets) were slower still. Until `nanotune search` (or better kernels) finds a plan that wins, the
+    default is the sequential plan.
     """
     return PipelinePlan("sequential", PipelinePlan.sequential().ops, meta={"model": model.name,
                                                                            "why": "overlap measured slower"})
