@@ -132,10 +132,12 @@ def measure_reads_and_pages(res, bench, budgets, copy_gbs, nsm, cols, nbytes, de
 
 
 def decode_variants(bench, budgets, copy_gbs, errors) -> list[dict]:
-    """The decode kernel as shipped against its token-major variant (engine/kernels/decode_attention_kmajor.py),
-    each checked against the torch reference first, over tile configs and program budgets (~1 GiB of KV)."""
+    """The decode kernel as shipped (and the committed one, when the caller put it beside the working copy as
+    engine/kernels/decode_attention_old.py), each checked against the torch reference first, over tile configs
+    and program budgets (~1 GiB of KV). A token-major variant (tensor cores reading K/V from shared memory) was
+    measured here too (commit 751c813) and removed: 0.355 of copy bandwidth at 44 programs against 0.369 for the
+    unmasked-tile kernel (results/reference/h200/decode-variants-after-unmasked-tiles.json)."""
     from engine.kernels.decode_attention import DecodeConfig, decode_attention, decode_attention_ref
-    from engine.kernels.decode_attention_kmajor import decode_attention_kmajor
     from engine.kernels.testing import max_rel_error
 
     dev = torch.device("cuda")
@@ -149,7 +151,7 @@ def decode_variants(bench, budgets, copy_gbs, errors) -> list[dict]:
     kv_bytes = 2 * 2 * hkv * d * int(lens.sum())
     ref = decode_attention_ref(q[:8], kc, vc, bt[:8], lens[:8], d ** -0.5)
     rows = []
-    kernels = [("rowmajor", decode_attention), ("kmajor", decode_attention_kmajor)]
+    kernels = [("rowmajor", decode_attention)]
     try:  # the committed kernel, when the caller put it beside the working one: same-run before/after
         from engine.kernels.decode_attention_old import decode_attention as old
 
