@@ -20,8 +20,6 @@ import contextlib
 
 import torch
 
-from engine.plan import PARTITIONS  # noqa: F401  (the names a plan may use)
-
 
 def has_cublas_carveout() -> bool:
     return hasattr(torch._C, "_set_sm_carveout_experimental")
