@@ -90,7 +90,7 @@ class EngineConfig:
     kv_overcommit: float = 1.0  # admit while predicted peak KV <= this x cache (> 1: more load, may preempt)
     # Runner
     attention_backend: str = "auto"  # "auto" (triton on CUDA, torch on CPU) | "triton" | "torch"
-    plan: str | None = None  # PipelinePlan JSON path; None = the sequential plan
+    plan: str | None = None  # PipelinePlan JSON path or name (plan_library.resolve_plan); None = sequential
     use_cuda_graphs: bool = True
     async_scheduling: bool = True  # schedule + launch iteration n+1 before reading iteration n's tokens
     time_ops_every: int = 0  # every Nth iteration runs eagerly with per-op CUDA-event timings (0 = never)

@@ -7,6 +7,7 @@ parameters and returned as a PipelinePlan (saveable JSON): nothing here is execu
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from engine.config import ModelConfig
 from engine.errors import EngineConfigError
@@ -77,6 +78,18 @@ def plan_from_name(name: str, num_sms: int) -> PipelinePlan:
     gemm = num_sms - decode if decode is not None and partition != "grid" else None
     return nano_batch_plan(n, decode_sm_budget=decode, attn_priority=-1 if prio else 0, partition=partition,
                            gemm_sm_budget=gemm, name=name, prefill_attn_stream=0 if pf0 else 1, reverse_post=rev)
+
+
+def resolve_plan(spec: str | None, num_sms: int | None = None) -> PipelinePlan:
+    """What a user passes as a plan: None (sequential), a plan JSON file, or a name plan_from_name takes."""
+    if not spec:
+        return PipelinePlan.sequential()
+    if spec.endswith(".json") or "/" in spec or Path(spec).is_file():
+        return PipelinePlan.load(spec)
+    try:
+        return plan_from_name(spec, num_sms or 1 << 16)  # budgets are checked against the GPU when it runs
+    except EngineConfigError as e:
+        raise EngineConfigError(f"{e} (or a plan JSON file)") from None
 
 
 def default_plan(model: ModelConfig) -> PipelinePlan:

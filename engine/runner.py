@@ -18,6 +18,7 @@ from engine.models.llama import LlamaModel
 from engine.models.weights import load_hf_weights, random_weights
 from engine.pipeline import OpTiming, PlanExecutor
 from engine.plan import PipelinePlan
+from engine.plan_library import resolve_plan
 from engine.sampler import Sampler
 from engine.scheduler import ScheduledBatch
 
@@ -71,9 +72,9 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.max_model_len = max_model_len
-        self.plan = PipelinePlan.load(config.plan) if config.plan else PipelinePlan.sequential()
         self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
                         if self.device.type == "cuda" else None)
+        self.plan = resolve_plan(config.plan, self.num_sms)
         self.plan.validate(num_sms=self.num_sms, where=config.plan or "plan")
         t0 = time.perf_counter()
         if Path(config.model).is_dir():

@@ -156,3 +156,18 @@ def test_real_tiny_engine_online_with_real_trace():
     m = out.result["metrics"]
     assert m["completed"] == 6 and m["mean_ttft_ms"] > 0 and out.result["points"][0]["mode"] == "online"
     assert all(r["send_s"] >= r["arrival_s"] - 1e-6 for r in out.rows)
+
+
+@pytest.mark.parametrize("plan, ok", [("nb2-pf0-rev", True), ("nb9-fast", False), ("missing.json", False)])
+def test_real_tiny_engine_takes_plan_names(tmp_path, plan, ok):
+    pytest.importorskip("engine.engine")
+    res = invoke("--model", "tiny-llama-micro", "--device", "cpu", "-n", "4", "--max-output-len", "4",
+                 "--max-prompt-len", "32", "--num-warmups", "0", "--results-dir", str(tmp_path), "--no-progress",
+                 "--plan", plan)
+    if ok:
+        assert res.exit_code == 0, res.output
+        result = json.loads(next(tmp_path.iterdir()).joinpath("result.json").read_text())
+        assert result["metrics"]["completed"] == 4
+    else:
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and plan in lines[0], res.output

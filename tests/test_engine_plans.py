@@ -80,3 +80,19 @@ def test_attention_over_rows_of_the_other_kind_is_skipped():
     assert has_work("prefill_attn", 5, 10, fb) and not has_work("prefill_attn", 0, 4, fb)
     assert not has_work("prefill_attn", 2, 3, fb)  # no metadata: no prefill rows in the range
     assert has_work("qkv", 5, 10, fb) and not has_work("qkv", 3, 3, fb)
+
+
+def test_engine_takes_a_plan_name_or_file(tmp_path):
+    from engine.errors import EngineConfigError
+    from engine.plan_library import resolve_plan
+
+    eng = LLMEngine(EngineConfig(model="tiny-llama-micro", device="cpu", dtype="float32", plan="nb2-pf0-rev"))
+    assert eng.runner.plan.name == "nb2-pf0-rev" and eng.runner.plan.num_nano_batches == 2
+    assert resolve_plan(None).name == "sequential"
+    path = tmp_path / "p.json"
+    resolve_plan("nb3-sm8").save(path)
+    assert resolve_plan(str(path)) == resolve_plan("nb3-sm8")
+    with pytest.raises(EngineConfigError, match=r"plan name 'fastest'.*\(or a plan JSON file\)"):
+        resolve_plan("fastest")
+    with pytest.raises(EngineConfigError, match="nope.json: no such plan file"):
+        resolve_plan("nope.json")

@@ -91,9 +91,9 @@ def engine_limits(cfg: BenchConfig) -> dict:
     with (plan.meta.engine), else the engine's defaults."""
     tuned = {}
     if cfg.plan:
-        from engine import PipelinePlan
+        from engine.plan_library import resolve_plan
 
-        tuned = dict(PipelinePlan.load(cfg.plan).meta.get("engine", {}))
+        tuned = dict(resolve_plan(cfg.plan).meta.get("engine", {}))
     out = {}
     for key in ("max_num_batched_tokens", "max_num_seqs"):
         value = getattr(cfg, key) or tuned.get(key)

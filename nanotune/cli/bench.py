@@ -48,9 +48,10 @@ def _has_gpu() -> bool:
 @click.option("--dtype", help="auto | bfloat16 | float16 | float32")
 @click.option("--engine", type=click.Choice(["nanoflow", "sequential", "hf"]), default="nanoflow",
               show_default=True, help="In-process engine; hf = transformers continuous batching.")
-@click.option("--plan", type=click.Path(exists=True, dir_okay=False),
-              help="Pipeline plan JSON (nanoflow); a plan from `nanotune search` also sets the dense batch and "
-                   "max seqs it was tuned with, unless given below.")
+@click.option("--plan", metavar="FILE|NAME",
+              help="Pipeline plan (nanoflow): a JSON file - one from `nanotune search` also sets the dense batch "
+                   "and max seqs it was tuned with, unless given below - or a name: sequential, nb2, nb2-pf0-rev, "
+                   "nb2-sm66, nb2-cublas-sm44, nb2-green-sm44 (nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio]).")
 @click.option("--max-num-batched-tokens", type=click.IntRange(min=1), help="Dense-batch token budget [2048].")
 @click.option("--max-num-seqs", type=click.IntRange(min=1), help="Most requests running at once [512].")
 @click.option("--endpoint", metavar="URL", help="OpenAI-compatible server instead of an in-process engine.")
