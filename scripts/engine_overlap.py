@@ -6,7 +6,7 @@
         --workloads c512x512:8 --plans sequential,nb2 --out /tmp/o.json          # the script itself, on CPU
 
 Every workload runs under every plan (same weights and KV cache, plan switched in place; plan names as
-engine.plan_library.plan_from_name takes them, or plan JSON paths). The first plan is the baseline: each
+engine.plan_library.resolve_plan takes them: names or plan JSON paths). The first plan is the baseline: each
 other plan's ratio is its total token throughput over the baseline's on the same trace in the same run.
 Every `--time-ops-every`th iteration is timed per op by CUDA events; for `--gantt-workload` the sampled
 iteration nearest the baseline's median composition is drawn per plan, ops on their streams over time.
@@ -81,8 +81,8 @@ def main() -> None:
 
     import torch
 
-    from engine import EngineConfig, LLMEngine, PipelinePlan
-    from engine.plan_library import plan_from_name
+    from engine import EngineConfig, LLMEngine
+    from engine.plan_library import resolve_plan
     from nanotune.results import environment, write_json_atomic
     from nanotune.results.peak import peak_flops
 
@@ -92,8 +92,7 @@ def main() -> None:
                                     max_num_batched_tokens=args.max_num_batched_tokens,
                                     max_num_seqs=args.max_num_seqs, time_ops_every=args.time_ops_every))
     num_sms = engine.runner.num_sms or 132
-    plans = [PipelinePlan.load(p) if p.endswith(".json") else plan_from_name(p, num_sms)
-             for p in args.plans.split(",")]
+    plans = [resolve_plan(p, num_sms) for p in args.plans.split(",")]
     base = plans[0].name
     out = {"schema": "nanotune.engine-overlap/1", "command": " ".join(sys.argv), "environment": environment(),
            "peak": peak.to_dict(), "model": engine.model_config.name, "baseline": base,
