@@ -15,10 +15,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import sys
+from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling stream_probe's timing helper
 
 
 @triton.jit
@@ -78,18 +82,14 @@ def main() -> None:
     default_out = os.path.join(os.environ["OUT"], "decode-ablation.json") if os.environ.get("OUT") else None
     ap.add_argument("--out", default=default_out)
     args = ap.parse_args()
-    from nanotune.results import environment, write_json_atomic
+    from stream_probe import median_ms as bench
+
+    from nanotune.results import copy_bandwidth_gbs, environment, write_json_atomic
 
     dev = torch.device("cuda")
     nsm = torch.cuda.get_device_properties(dev).multi_processor_count
 
-    def bench(fn, *a, **kw) -> float:
-        return float(triton.testing.do_bench(lambda: fn(*a, **kw), warmup=10, rep=40, return_mode="median"))
-
-    src = torch.randn(256 << 20, device=dev)
-    dst = torch.empty_like(src)
-    copy_gbs = 2 * src.numel() * 4 / bench(dst.copy_, src) / 1e6
-    del src, dst
+    copy_gbs = copy_bandwidth_gbs("cuda")
     seqs, ctx, hkv, group, d, bs = 64, 4096, 8, 4, 128, 16
     pages = ctx // bs
     q = torch.randn(seqs, hkv * group, d, device=dev, dtype=torch.bfloat16)

@@ -291,11 +291,10 @@ def main():
     result = {"environment": environment(torch, triton, dev), "shapes": S, "quick": args.quick,
               "timing": "triton.testing.do_bench median, L2 flushed before each run; operands larger than L2",
               "max_rel_err": "max |out - ref| / max |ref| against the torch reference", "tolerance": TOL}
-    src = torch.randn((2**30 if dev.type == "cuda" else 2**20) // 4, device=dev)  # 1 GiB: 2 GiB moved
-    dst = torch.empty_like(src)
-    copy_ms = bench.ms(functools.partial(dst.copy_, src))
-    bench.copy_gbs = result["copy_gb_s"] = round(2 * src.nbytes / copy_ms / 1e6, 1)
-    del src, dst
+    from nanotune.results import copy_bandwidth_gbs
+
+    copy_gbs = copy_bandwidth_gbs(str(dev), 2**30 if dev.type == "cuda" else 2**20)  # 1 GiB copied, 2 moved
+    bench.copy_gbs = result["copy_gb_s"] = round(copy_gbs, 1)
     kernels = elementwise(torch, S, dev, bench)
     checks, summary, curve, dsweep = decode_section(torch, da, S, dev, bench, args.quick, args.dry_run)
     kernels += summary + [{**r, "kernel": f"decode_attention[{r['case']}]", "note": r["desc"] + ", full grid"}

@@ -47,7 +47,7 @@ def main() -> None:
     from nanotune.profile.ops import shard, shard_config
     from nanotune.profile.rig import LayerRig
     from nanotune.profile.timing import Timer
-    from nanotune.results import environment, write_json_atomic
+    from nanotune.results import copy_bandwidth_gbs, environment, write_json_atomic
 
     dry = args.dry_run or not torch.cuda.is_available()
     if args.blas != "default" and not dry:
@@ -80,12 +80,8 @@ def main() -> None:
             return None
 
     # ---- copy bandwidth (read + write), the yardstick for attention ------------------------------------
-    src = torch.randn((256 << 20) if not dry else 1 << 16, device=dev)
-    dst = torch.empty_like(src)
-    copy = timer.time(lambda i, d=dst, s=src: d.copy_(s))
-    copy_gbs = 2 * src.numel() * 4 / copy.ms / 1e6
+    copy_gbs = copy_bandwidth_gbs(str(dev), nbytes=(1 << 30) if not dry else 1 << 18)
     res["copy_gb_s"] = round(copy_gbs, 1)
-    del src, dst  # give the memory back before the rig's KV is read
 
     # ---- the two workloads, as the engine runs them ----------------------------------------------------
     gate_up = runner_for(rig, "gate_up", {"tokens": tokens}, None, l2)

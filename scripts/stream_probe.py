@@ -47,6 +47,11 @@ def _read_tma(desc, idx_ptr, out_ptr, num_tiles, PAGED: tl.constexpr, ROWS: tl.c
     tl.store(out_ptr + pid * COLS + c, tl.sum(acc, 0))
 
 
+def median_ms(fn, *a, **kw) -> float:
+    """Median ms of fn(*a, **kw) (triton's do_bench: L2 flushed between runs)."""
+    return float(triton.testing.do_bench(lambda: fn(*a, **kw), warmup=10, rep=40, return_mode="median"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_out = os.path.join(os.environ["OUT"], "stream-probe.json") if os.environ.get("OUT") else None
@@ -54,20 +59,15 @@ def main() -> None:
     ap.add_argument("--only-variants", action="store_true", help="skip the reads and page sizes")
     args = ap.parse_args()
     from engine.kernels.decode_attention import decode_attention
-    from nanotune.results import environment, write_json_atomic
+    from nanotune.results import copy_bandwidth_gbs, environment, write_json_atomic
 
     dev = torch.device("cuda")
     nsm = torch.cuda.get_device_properties(dev).multi_processor_count
-    def bench(fn, *a, **kw) -> float:  # median ms of fn(*a, **kw), L2 flushed between runs
-        return float(triton.testing.do_bench(lambda: fn(*a, **kw), warmup=10, rep=40, return_mode="median"))
-
     res = {"kind": "stream_probe", "environment": environment(), "num_sms": nsm, "reads": [], "decode": [],
            "errors": []}
-    src = torch.randn(256 << 20, device=dev)
-    dst = torch.empty_like(src)
-    copy_gbs = 2 * src.numel() * 4 / bench(dst.copy_, src) / 1e6
+    bench = median_ms
+    copy_gbs = copy_bandwidth_gbs("cuda")
     res["copy_gb_s"] = round(copy_gbs, 1)
-    del src, dst
     cols, nbytes = 128, 1 << 30
     budgets = sorted({max(1, round(nsm * f)) for f in (1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 1)})
     if not args.only_variants:

@@ -85,6 +85,20 @@ def test_peak_flops_cpu_is_measured_and_labelled():
     assert p.to_dict()["tflops"] == pytest.approx(p.flops / 1e12)
 
 
+def test_copy_bandwidth_cpu_is_measured(monkeypatch):
+    from nanotune.results import copy_bandwidth_gbs
+
+    gbs = copy_bandwidth_gbs("cpu", nbytes=1 << 22, num_repeats=3, num_warmups=1)
+    assert 0.01 < gbs < 10_000  # a real copy was timed: neither zero nor absurd
+    # read + write counted: the same bytes over twice the time give half the figure
+    import time as _time
+
+    clock = iter(x * 0.001 for x in range(100))
+    monkeypatch.setattr(_time, "perf_counter", lambda: next(clock))
+    assert copy_bandwidth_gbs("cpu", nbytes=1 << 20, num_repeats=3, num_warmups=0) == pytest.approx(
+        2 * (1 << 20) / 0.001 / 1e9)
+
+
 def test_optimal_is_nanoflow_eq5():
     # DESIGN.md: 799 TFLOP/s and Llama-3-8B (8.03 B) -> about 49,700 tokens/s
     assert optimal_total_token_throughput(799e12, 8.03e9) == pytest.approx(49_751, rel=1e-3)

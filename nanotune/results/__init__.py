@@ -6,7 +6,7 @@ Each command writes `results/<run-id>/result.json` with the same top-level keys 
 """
 
 from nanotune.results.environment import environment, git_sha
-from nanotune.results.peak import PeakFlops, optimal_total_token_throughput, peak_flops
+from nanotune.results.peak import PeakFlops, copy_bandwidth_gbs, optimal_total_token_throughput, peak_flops
 from nanotune.results.store import (
     RESULTS_ENV,
     find_results,
@@ -27,6 +27,7 @@ __all__ = [
     "new_run_dir",
     "optimal_total_token_throughput",
     "peak_flops",
+    "copy_bandwidth_gbs",
     "results_root",
     "run_id",
     "write_json_atomic",

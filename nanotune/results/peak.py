@@ -91,3 +91,37 @@ def peak_flops(device: str = "auto", size: int | None = None, num_repeats: int =
     return PeakFlops(flops=flops, device="cuda" if is_cuda else "cpu",
                      dtype=str(dtype).removeprefix("torch."), shape=(n, n, n), num_repeats=num_repeats,
                      label=label)
+
+
+def copy_bandwidth_gbs(device: str = "cuda", nbytes: int = 1 << 30, num_repeats: int = 20,
+                       num_warmups: int = 3) -> float:
+    """The card's device-to-device copy bandwidth in GB/s, read + write bytes counted (a copy of nbytes
+    moves 2 x nbytes): the yardstick memory-bound kernels are held against. Median of CUDA-event timings of
+    random data (a CPU figure when device is cpu, timed with perf_counter)."""
+    import time
+
+    import torch
+
+    src = torch.randn(max(1, nbytes // 4), device=device)
+    dst = torch.empty_like(src)
+    is_cuda = str(device).startswith("cuda")
+    for _ in range(num_warmups):
+        dst.copy_(src)
+    times = []
+    for _ in range(num_repeats):
+        if is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            dst.copy_(src)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t = time.perf_counter()
+            dst.copy_(src)
+            times.append(time.perf_counter() - t)
+    moved = 2 * src.numel() * src.element_size()
+    del src, dst
+    if is_cuda:
+        torch.cuda.empty_cache()
+    return moved / statistics.median(times) / 1e9
