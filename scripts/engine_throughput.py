@@ -59,7 +59,8 @@ def run_one(engine, label: str, trace, peak, warmups: int, device: str) -> dict:
     keep = ["completed", "failed", "duration", "total_input_tokens", "total_output_tokens",
             "request_throughput", "output_throughput", "total_token_throughput",
             "optimal_total_token_throughput", "efficiency", "mean_ttft_ms", "mean_tpot_ms",
-            "normalized_latency_ms", "steady"]
+            "normalized_latency_ms", "steady_window_start_s", "steady_window_end_s", "steady_total_token_throughput",
+            "steady_efficiency"]
     steps = outcome.result["points"][-1]["runs"][-1]["backend"]  # the measured phase, warm-up excluded
     return {"metrics": {k: m.get(k) for k in keep}, "op_profile": engine.op_profile.summary(),
             "host_fraction": steps.get("host_fraction"), "host_ms_per_step": steps.get("host_ms_per_step"),
