@@ -22,8 +22,11 @@ class BatchBuilder:
         self.prefill_ranges = [i for i in plan.ops if i.op == "prefill_attn"]
 
     def host_arrays(self, batch: ScheduledBatch, pad_to: int | None = None,
-                    pending: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+                    pending: dict[str, int] | None = None, decode_rows: int | None = None) -> dict[str, np.ndarray]:
         """The batch as numpy arrays (rows padded to pad_to for CUDA-graph buckets).
+
+        decode_rows: rows [0, decode_rows) are decode rows (the real ones first, then padding) and prefill
+        rows start there (a mixed CUDA-graph bucket); default: the batch's own decode count.
 
         pending: request id -> index of its token in the previous iteration's sampled tensor, for decode
         rows whose input token is still on the GPU (async scheduling); those rows are listed in
@@ -35,7 +38,7 @@ class BatchBuilder:
         pos = np.zeros(n_rows, np.int64)
         slots = np.full(n_rows, -1, np.int64)
         nd = batch.num_decode
-        nd_rows = pad_to if (pad_to and batch.is_decode_only) else nd
+        nd_rows = decode_rows if decode_rows is not None else (pad_to if (pad_to and batch.is_decode_only) else nd)
         # eager batches trim block tables to the longest sequence here (attention sizes its split-KV from
         # the width); CUDA-graph buckets keep the full width so the captured shapes stay static
         width = self.max_blocks if pad_to else max((len(s.request.block_ids) for s in batch.seqs[:nd]), default=1)
@@ -46,6 +49,8 @@ class BatchBuilder:
         for i, s in enumerate(batch.seqs):
             req, n, start = s.request, s.num_tokens, s.start
             blocks = req.block_ids
+            if i == nd:  # prefill rows begin after the (padded) decode rows
+                row = nd_rows
             if i < nd:  # decode: one token at position `start`, the request's newest token
                 if req.has_pending:  # the token is still on the GPU: gathered there (fix_rows)
                     fix_rows.append(row)
@@ -69,17 +74,22 @@ class BatchBuilder:
                 "logits_rows": np.asarray(logits_rows, np.int64),
                 "fix_rows": np.asarray(fix_rows, np.int64), "fix_src": np.asarray(fix_src, np.int64)}
 
-    def prefill_meta(self, batch: ScheduledBatch, n_rows: int) -> list[tuple[tuple[int, int], dict]]:
-        """For each prefill_attn instance's row range: the pieces of prefill sequences inside it."""
+    def prefill_meta(self, batch: ScheduledBatch, n_rows: int, decode_rows: int | None = None,
+                     max_pieces: int | None = None) -> list[tuple[tuple[int, int], dict]] | None:
+        """For each prefill_attn instance's row range: the pieces of prefill sequences inside it.
+
+        max_pieces (a mixed CUDA-graph bucket): static shapes. Each instance's rows run to the end of its
+        range, padding included, and its pieces are padded with empty ones to max_pieces; None if more."""
         out = []
         nd = batch.num_decode
-        seq_rows, row = [], nd
+        start = nd if decode_rows is None else decode_rows
+        seq_rows, row = [], start
         for s in batch.seqs[nd:]:
             seq_rows.append((row, s))
             row += s.num_tokens
         for inst in self.prefill_ranges:
             a, b = self.plan.rows(inst, n_rows)
-            lo, hi = max(a, nd), min(b, row)
+            lo, hi = max(a, start), min(b, row)
             cu, lens, bts, max_q = [0], [], [], 0
             for r0, s in seq_rows:
                 p0, p1 = max(r0, lo), min(r0 + s.num_tokens, hi)
@@ -91,6 +101,14 @@ class BatchBuilder:
                 bt[: len(s.request.block_ids)] = s.request.block_ids
                 bts.append(bt)
                 max_q = max(max_q, p1 - p0)
+            if max_pieces is not None:
+                if len(lens) > max_pieces:
+                    return None
+                pad = max_pieces - len(lens)
+                cu += [cu[-1]] * pad
+                lens += [0] * pad
+                bts += [np.zeros(self.max_blocks, np.int32)] * pad
+                hi, max_q = b, max(b - lo, 0)
             out.append(((a, b), {"row_lo": lo, "row_hi": max(lo, hi), "cu": np.asarray(cu, np.int32),
                                  "lens": np.asarray(lens, np.int32),
                                  "bt": np.stack(bts) if bts else np.zeros((0, self.max_blocks), np.int32),

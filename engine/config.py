@@ -91,7 +91,8 @@ class EngineConfig:
     # Runner
     attention_backend: str = "auto"  # "auto" (triton on CUDA, torch on CPU) | "triton" | "torch"
     plan: str | None = None  # PipelinePlan JSON path or name (plan_library.resolve_plan); None = sequential
-    use_cuda_graphs: bool = True
+    use_cuda_graphs: bool = True  # decode-only iterations replay graphs captured per batch-size bucket
+    mixed_cuda_graphs: bool = True  # and (with use_cuda_graphs) mixed ones, per (tokens, decode) bucket
     async_scheduling: bool = True  # schedule + launch iteration n+1 before reading iteration n's tokens
     time_ops_every: int = 0  # every Nth iteration runs eagerly with per-op CUDA-event timings (0 = never)
     poison_kv_cache: bool = False  # fill the cache with NaN first (tests catch reads of unwritten slots)

@@ -92,13 +92,14 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-max_model_len // config.block_size)
         self.sampler = Sampler(self.device, config.seed)
         self.graphs = None
+        self.mixed_graphs = None
         self.set_plan(self.plan)
 
     def set_plan(self, plan: PipelinePlan) -> None:
         """Switch to another plan (same weights and cache): new executor, and graphs captured afresh."""
         plan.validate(num_sms=self.num_sms, where=plan.name)
         self.plan = plan
-        self.graphs = None  # drop the old graphs (and their pool) before capturing new ones
+        self.graphs = self.mixed_graphs = None  # drop the old graphs (and their pools) before capturing new ones
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
@@ -108,6 +109,10 @@ class ModelRunner:
             from engine.graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(self, max_batch=min(self.config.max_num_seqs, self.max_tokens))
+            if self.config.mixed_cuda_graphs:
+                from engine.mixed_graphs import MixedGraphs
+
+                self.mixed_graphs = MixedGraphs(self, self.max_tokens, min(self.config.max_num_seqs, self.max_tokens))
 
     # ---- KV cache -----------------------------------------------------------------------------------
     def _allocate_kv_cache(self, workspace_bytes: int) -> CacheInfo:
@@ -144,9 +149,12 @@ class ModelRunner:
         """Enqueue the batch's forward and sampling; returns at once on CUDA (tokens come via the handle).
 
         prev: the previous, unresolved iteration, whose sampled tokens feed this one's decode rows."""
+        logits = None
         if self.graphs is not None and timings is None and self.graphs.can_run(batch):
             logits = self.graphs.run(batch, prev)
-        else:
+        elif self.mixed_graphs is not None and timings is None:
+            logits = self.mixed_graphs.run(batch, prev)  # None: not captured (yet), or too many pieces
+        if logits is None:
             fb = self.builder.build(batch, prev)
             self.executor.forward(fb, timings)
             logits = self.model.logits(fb)

@@ -14,10 +14,16 @@ from engine.plan_library import nano_batch_plan
 LENS = (3, 17, 40, 64, 9, 120)
 
 
-def run(plan_path=None, **kw):
+def run(plan_path=None, bucketed=False, **kw):
+    """bucketed: mixed steps run in engine.mixed_graphs' CUDA-graph layout (padded rows; no graph on CPU)."""
     eng = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", dtype="float32", keep_logits=True,
                                  poison_kv_cache=True, max_model_len=512, max_num_batched_tokens=96,
                                  plan=plan_path, **kw))
+    if bucketed:
+        from engine.mixed_graphs import MixedGraphs
+
+        r = eng.runner
+        r.mixed_graphs = MixedGraphs(r, r.max_tokens, min(r.config.max_num_seqs, r.max_tokens))
     g = torch.Generator().manual_seed(3)
     ids = [eng.add_request(torch.randint(0, 2048, (n,), generator=g).tolist(),
                            SamplingParams(max_tokens=12, ignore_eos=True)) for n in LENS]
@@ -26,6 +32,8 @@ def run(plan_path=None, **kw):
         for o in eng.step():
             toks[o.request_id] += o.new_token_ids
             logits[o.request_id].append(eng.last_logits[o.request_id])
+    if bucketed:  # the layout ran on mixed steps, padded ones among them
+        assert eng.runner.mixed_graphs.num_replays > 0
     return [toks[i] for i in ids], [torch.stack(logits[i]) for i in ids]
 
 
@@ -53,6 +61,31 @@ def test_partitioned_plans_match_sequential_on_cpu(tmp_path, name):
     assert tokens == ref_tokens
     for a, b in zip(logits, ref_logits, strict=True):
         assert ((a - b).norm() / b.norm()).item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["sequential", "nb2", "nb3-pf0-rev"])
+def test_mixed_graph_layout_matches_the_plain_batch(tmp_path, name):
+    """The padded layout mixed CUDA graphs replay (decode padding rows, prefill rows after them, tail rows,
+    empty prefill pieces) gives the plain layout's tokens and logits; on a GPU the same layout is captured."""
+    from engine.plan_library import resolve_plan
+
+    path = tmp_path / "plan.json"
+    resolve_plan(name, None).save(path)
+    ref_tokens, ref_logits = run(str(path))
+    tokens, logits = run(str(path), bucketed=True)
+    assert tokens == ref_tokens
+    for a, b in zip(logits, ref_logits, strict=True):
+        assert ((a - b).norm() / b.norm()).item() <= 1e-5
+
+
+def test_mixed_graph_buckets_pad_within_the_token_rounding():
+    from engine.mixed_graphs import DECODE_STEP, TOKEN_STEP, bucket
+
+    for tokens in range(1, 300, 7):
+        for decode in range(0, tokens, 5):
+            t, d = bucket(decode, tokens, 256 if tokens <= 256 else tokens)
+            assert tokens <= t < tokens + TOKEN_STEP and (t % TOKEN_STEP == 0 or t == max(tokens, 256))
+            assert decode <= d < decode + DECODE_STEP and d + (tokens - decode) <= t
 
 
 def test_step_timings_cover_every_op_of_every_layer():

@@ -4,7 +4,9 @@ q [T, H, D] packs the query chunks of several sequences (cu_seqlens_q int32 [S+1
 whole context of sequence s including this chunk, whose K/V are already in the cache, so query i of s sits
 at position seq_lens[s] - q_len_s + i and sees keys 0..that position.
 
-Kernel: grid (q tiles, seqs, kv heads). A program takes BLOCK_Q query tokens x all G_PAD query heads of one
+Kernel: grid (query tiles of all sequences, kv heads); a program finds its sequence from cu_seqlens_q, so
+the grid depends only on the token and sequence counts (static shapes for CUDA graphs, and no programs
+idle for want of a longer sequence). A program takes BLOCK_Q query tokens x all G_PAD query heads of one
 kv head as a [BLOCK_Q * G_PAD, D] tile (row r = token r // G_PAD, head r % G_PAD), so each K/V page is read
 once per kv head and the tile is tall enough for tensor cores. Keys before the tile's first query position
 need no causal mask; the loop over them is separate from the short masked tail.
@@ -91,20 +93,29 @@ def _attend(q, m_i, l_i, acc, kc_ptr, vc_ptr, bt_row_ptr, head_off, q_pos, lo, h
     return m_i, l_i, acc
 
 
-@triton.jit(do_not_specialize=["scale_log2", "stride_bt"])  # per-batch values: no recompiles mid-run
+@triton.jit(do_not_specialize=["scale_log2", "stride_bt", "num_seqs"])  # per-batch values: no recompiles mid-run
 def _prefill_kernel(
-    q_ptr, kc_ptr, vc_ptr, bt_ptr, seq_lens_ptr, cu_q_ptr, out_ptr, scale_log2,
+    q_ptr, kc_ptr, vc_ptr, bt_ptr, seq_lens_ptr, cu_q_ptr, out_ptr, scale_log2, num_seqs,
     stride_qt, stride_qh, stride_cb, stride_ch, stride_ct, stride_bt, stride_ot, stride_oh,
     GROUP: tl.constexpr, G_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW_PAGES: tl.constexpr, DOT_F32: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, S_PAD: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    seq = tl.program_id(1)
-    kvh = tl.program_id(2)
-    q_lo = tl.load(cu_q_ptr + seq)
-    q_len = tl.load(cu_q_ptr + seq + 1) - q_lo
-    if tile * BLOCK_Q < q_len:
+    # program -> (sequence, query tile): tiles are numbered sequence by sequence, so the grid is the total
+    # tile count (bounded on the host by cdiv(tokens, BLOCK_Q) + seqs) whatever the lengths; extra programs
+    # and zero-length sequences (CUDA-graph padding) do nothing
+    pid = tl.program_id(0)
+    kvh = tl.program_id(1)
+    s = tl.arange(0, S_PAD)
+    lo_s = tl.load(cu_q_ptr + s, mask=s < num_seqs, other=0)
+    hi_s = tl.load(cu_q_ptr + s + 1, mask=s < num_seqs, other=0)
+    tiles_s = (hi_s - lo_s + BLOCK_Q - 1) // BLOCK_Q
+    ends = tl.cumsum(tiles_s, axis=0)  # inclusive: tiles of sequences 0..s
+    if pid < tl.sum(tiles_s):
+        seq = tl.sum((ends <= pid).to(tl.int32))  # the first sequence whose tiles reach past pid
+        tile = pid - tl.sum(tl.where(s < seq, tiles_s, 0))
+        q_lo = tl.load(cu_q_ptr + seq)
+        q_len = tl.load(cu_q_ptr + seq + 1) - q_lo
         seq_len = tl.load(seq_lens_ptr + seq)
         ctx_start = seq_len - q_len  # position of the chunk's first query
         r = tl.arange(0, BLOCK_Q * G_PAD)
@@ -159,8 +170,11 @@ def default_config(head_dim: int, dtype: torch.dtype, interpreted: bool) -> Pref
 
 
 def prefill_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, *,
-                      max_seqlen_q, out=None, config: PrefillConfig | None = None):
-    """Triton chunked-prefill attention; arguments as prefill_attention_ref. -> [T, H, D] in q's dtype."""
+                      max_seqlen_q=None, out=None, config: PrefillConfig | None = None):
+    """Triton chunked-prefill attention; arguments as prefill_attention_ref. -> [T, H, D] in q's dtype.
+
+    q may hold rows past cu_seqlens_q[-1] (padding of a CUDA-graph bucket): they are not written.
+    max_seqlen_q is the varlen convention's argument; this grid needs only the token and sequence counts."""
     require_triton()
     num_tokens, num_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = k_cache.shape
@@ -179,14 +193,14 @@ def prefill_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
     rows = max(16, cfg.rows, g_pad)  # tl.dot needs >= 16 rows
     block_q = rows // g_pad
     block_n = max(cfg.block_n, block_size)  # whole pages per iteration keeps tok // BLOCK_SIZE cheap
-    grid = (cdiv(max_seqlen_q, block_q), num_seqs, num_kv_heads)
+    grid = (cdiv(num_tokens, block_q) + num_seqs, num_kv_heads)  # >= the tiles of any split of the tokens
     _prefill_kernel[grid](
-        q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, out, scale * 1.4426950408889634,
+        q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, out, scale * 1.4426950408889634, num_seqs,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, G_PAD=g_pad, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_N=block_n,
         WINDOW_PAGES=next_pow2(max(cfg.window_pages, block_n // block_size)),
         DOT_F32=interpreted or q.dtype == torch.float32, PRECISION=dot_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        S_PAD=next_pow2(num_seqs), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -1,0 +1,136 @@
+"""CUDA graphs for iterations that mix prefill and decode, one per (tokens, decode rows) bucket, captured
+on a bucket's second use.
+
+Why: an eager mixed iteration of an 8B model is some 350 launches, 14-27 ms of host time on the H200's host
+(scripts/step_anatomy.py, results/reference/h200/step-anatomy-sharegpt.json), as long as the GPU's own work
+for a few hundred tokens, so ShareGPT-like steps ran at the host's pace.
+
+Layout of bucket (T, D) for a batch of d decode and p prefill tokens: rows [0, d) decode, [d, D) decode
+padding (context 1, no KV store), [D, D + p) prefill, [D + p, T) padding (in no prefill piece, no KV store,
+never sampled). T = d + p rounded up to TOKEN_STEP (at most the workspace's rows); D = d rounded up to
+DECODE_STEP but at most T - p, so decode padding never adds rows beyond the token rounding. Each prefill
+attention instance gets MAX_PIECES pieces (empty ones pad); a batch with more runs eagerly. Every bucket's
+graph reads the same two flat static buffers (int64, int32) at its own offsets, so a step costs one
+host-to-device copy per dtype. Logits run eagerly after the replay: their row count varies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import numpy as np
+import torch
+
+from engine.batch_builder import fill_pending
+from engine.models.forward import ForwardBatch, PrefillMeta
+from engine.scheduler import ScheduledBatch
+
+TOKEN_STEP = 64
+DECODE_STEP = 32
+MAX_PIECES = 16
+MIN_USES = 2  # a composition seen once may never come back: capture (a sync and two forwards) on the second
+MAX_GRAPHS = 256
+
+
+def bucket(num_decode: int, num_tokens: int, max_tokens: int) -> tuple[int, int]:
+    """(T, D) for a mixed batch of num_decode decode rows among num_tokens rows; see the module docstring."""
+    p = num_tokens - num_decode
+    t = min(-(-num_tokens // TOKEN_STEP) * TOKEN_STEP, max(max_tokens, num_tokens))
+    return t, min(-(-num_decode // DECODE_STEP) * DECODE_STEP, t - p)
+
+
+class MixedGraphs:
+    def __init__(self, runner, max_tokens: int, max_decode: int, min_uses: int = MIN_USES):
+        self.runner = runner
+        self.min_uses = min_uses
+        self.use_graphs = runner.device.type == "cuda"  # on CPU the bucket layout runs eagerly (tests)
+        self.max_tokens = max_tokens
+        self.max_decode = max_decode
+        mb = runner.max_blocks_per_seq
+        n_inst = len(runner.builder.prefill_ranges)
+        dev = runner.device
+        self.buf64 = torch.zeros(3 * max_tokens, dtype=torch.int64, device=dev)  # ids | positions | slots
+        # decode block tables | context lens, then per prefill instance: cu_seqlens | seq lens | block tables
+        self.buf32 = torch.zeros(max_decode * (mb + 1) + n_inst * (MAX_PIECES * (mb + 2) + 1), dtype=torch.int32,
+                                 device=dev)
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.batches: dict[tuple[int, int], ForwardBatch] = {}
+        self.uses: Counter = Counter()
+        self.num_replays = 0
+        self.pool = None
+
+    def _forward_batch(self, key: tuple[int, int]) -> ForwardBatch:
+        """The bucket's ForwardBatch: views of the static buffers, in the order run() packs them."""
+        t, dd = key
+        mb = self.runner.max_blocks_per_seq
+        b64, b32 = self.buf64, self.buf32
+        fb = ForwardBatch(num_tokens=t, num_decode=dd, input_ids=b64[:t], positions=b64[t : 2 * t],
+                          slot_mapping=b64[2 * t : 3 * t], decode_block_tables=b32[: dd * mb].view(dd, mb),
+                          decode_context_lens=b32[dd * mb : dd * (mb + 1)], logits_rows=b64[:0])
+        off = dd * (mb + 1)
+        plan = self.runner.plan
+        for inst in self.runner.builder.prefill_ranges:
+            a, b = plan.rows(inst, t)
+            lo = max(a, dd)
+            cu, lens = b32[off : off + MAX_PIECES + 1], b32[off + MAX_PIECES + 1 : off + 2 * MAX_PIECES + 1]
+            off += 2 * MAX_PIECES + 1
+            bt = b32[off : off + MAX_PIECES * mb].view(MAX_PIECES, mb)
+            off += MAX_PIECES * mb
+            fb.prefill[(a, b)] = PrefillMeta(lo, max(lo, b), cu, lens, bt, max(b - lo, 0))
+        return fb
+
+    def _capture(self, key: tuple[int, int]) -> None:
+        """Capture the bucket's forward; the static buffers hold the current batch, so the warm-up (Triton
+        compiles, cuBLAS picks, outside the capture) computes what the replay then recomputes."""
+        r = self.runner
+        fb = self.batches[key] = self._forward_batch(key)
+        side = torch.cuda.Stream(device=r.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            r.executor.forward(fb)
+        torch.cuda.current_stream().wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self.pool):
+            r.executor.forward(fb)
+        self.graphs[key] = g
+
+    def run(self, batch: ScheduledBatch, prev=None) -> torch.Tensor | None:
+        """Replay (capturing first if due) and return the logits; None: run this batch eagerly."""
+        if batch.is_decode_only or batch.num_tokens > self.max_tokens or batch.num_decode > self.max_decode:
+            return None
+        key = bucket(batch.num_decode, batch.num_tokens, self.max_tokens)
+        self.uses[key] += 1
+        due = key in self.graphs or (self.uses[key] >= self.min_uses and len(self.graphs) < MAX_GRAPHS)
+        if self.use_graphs and not due:
+            return None
+        t, dd = key
+        builder = self.runner.builder
+        metas = builder.prefill_meta(batch, t, decode_rows=dd, max_pieces=MAX_PIECES)
+        if metas is None:
+            return None
+        h = builder.host_arrays(batch, pad_to=t, pending=prev.sample_index if prev else None, decode_rows=dd)
+        nl, nf = len(h["logits_rows"]), len(h["fix_rows"])
+        i64 = np.concatenate([h["ids"], h["pos"], h["slots"], h["logits_rows"], h["fix_rows"], h["fix_src"]])
+        i32 = np.concatenate([h["dec_bt"].ravel(), h["dec_ctx"]]
+                             + [x for _, m in metas for x in (m["cu"], m["lens"], m["bt"].ravel())])
+        d64, d32 = self._upload(i64), self._upload(i32)
+        self.buf64[: 3 * t].copy_(d64[: 3 * t])
+        self.buf32[: d32.numel()].copy_(d32)
+        fill_pending(self.buf64[:t], d64[3 * t + nl : 3 * t + nl + nf], d64[3 * t + nl + nf :], prev)
+        if not self.use_graphs:
+            self.batches.setdefault(key, self._forward_batch(key))
+            self.runner.executor.forward(self.batches[key])
+        else:
+            if key not in self.graphs:
+                self._capture(key)
+            self.graphs[key].replay()
+        self.num_replays += 1
+        fb = dataclasses.replace(self.batches[key], logits_rows=d64[3 * t : 3 * t + nl])
+        return self.runner.model.logits(fb)
+
+    def _upload(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        return t.pin_memory().to(self.runner.device, non_blocking=True) if self.use_graphs else t
