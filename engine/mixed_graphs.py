@@ -41,9 +41,9 @@ def bucket(num_decode: int, num_tokens: int, max_tokens: int) -> tuple[int, int]
 
 
 class MixedGraphs:
-    def __init__(self, runner, max_tokens: int, max_decode: int, min_uses: int = MIN_USES):
+    def __init__(self, runner, max_tokens: int, max_decode: int, min_uses: int | None = None):
         self.runner = runner
-        self.min_uses = min_uses
+        self.min_uses = MIN_USES if min_uses is None else min_uses
         self.use_graphs = runner.device.type == "cuda"  # on CPU the bucket layout runs eagerly (tests)
         self.max_tokens = max_tokens
         self.max_decode = max_decode

@@ -6,8 +6,10 @@
         --workloads c512x512:8 --plans sequential,nb2 --out /tmp/o.json          # the script itself, on CPU
 
 Every workload runs under every plan (same weights and KV cache, plan switched in place; plan names as
-engine.plan_library.resolve_plan takes them: names or plan JSON paths). The first plan is the baseline: each
-other plan's ratio is its total token throughput over the baseline's on the same trace in the same run.
+engine.plan_library.resolve_plan takes them: names or plan JSON paths). A plan written NAME@eager-mixed runs
+its mixed prefill+decode steps eagerly (no mixed CUDA graphs), the engine as it was before them.
+The first plan is the baseline: each other plan's ratio is its total token throughput over the baseline's
+on the same trace in the same run.
 Every `--time-ops-every`th iteration is timed per op by CUDA events; for `--gantt-workload` the sampled
 iteration nearest the baseline's median composition is drawn per plan, ops on their streams over time.
 The micro-pair result of scripts/partition_probe.py can be folded in with --probe. Writes one JSON with the
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine_throughput import make_trace, run_one  # noqa: E402  (the sibling script's helpers)
 
+EAGER_MIXED = "@eager-mixed"
 DEFAULT_WORKLOADS = "c1024x512:600,c512x512:700,c512x1024:400,sharegpt:1000,lmsys:1500,splitwise:400"
 
 
@@ -92,14 +95,16 @@ def main() -> None:
                                     max_num_batched_tokens=args.max_num_batched_tokens,
                                     max_num_seqs=args.max_num_seqs, time_ops_every=args.time_ops_every))
     num_sms = engine.runner.num_sms or 132
-    plans = [resolve_plan(p, num_sms) for p in args.plans.split(",")]
-    base = plans[0].name
+    labels = args.plans.split(",")
+    plans = [resolve_plan(p.removesuffix(EAGER_MIXED), num_sms) for p in labels]
+    base = labels[0]
     out = {"schema": "nanotune.engine-overlap/1", "command": " ".join(sys.argv), "environment": environment(),
            "peak": peak.to_dict(), "model": engine.model_config.name, "baseline": base,
            "engine_config": {"max_num_batched_tokens": args.max_num_batched_tokens,
                              "max_num_seqs": args.max_num_seqs,
                              "kv_cache_tokens": engine.runner.cache_info.num_tokens},
-           "plans": {p.name: p.to_dict() for p in plans}, "workloads": {}, "ratios": {}, "gantt": {}}
+           "plans": {lb: p.to_dict() for lb, p in zip(labels, plans, strict=True)},
+           "workloads": {}, "ratios": {}, "gantt": {}}
     if args.probe and Path(args.probe).is_file():
         probe = json.loads(Path(args.probe).read_text())
         out["micro_pair"] = probe.get("micro_pair")
@@ -118,16 +123,21 @@ def main() -> None:
         trace = make_trace(name, int(n) if n else None, args.seed)
         runs = out["workloads"][name] = {"trace": dict(trace.meta), "plans": {}}
         samples = {}
-        for plan in plans:
+        for label, plan in zip(labels, plans, strict=True):
             engine.set_plan(plan)
+            if label.endswith(EAGER_MIXED):
+                engine.runner.mixed_graphs = None
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            r = run_one(engine, f"{name}-{plan.name}", trace, peak, args.warmups, args.device)
+            r = run_one(engine, f"{name}-{label}", trace, peak, args.warmups, args.device)
+            mixed = engine.runner.mixed_graphs
+            r["mixed_graphs"] = None if mixed is None else {"captured": len(mixed.graphs),
+                                                            "replays": mixed.num_replays}
             r.pop("backend", None)
-            runs["plans"][plan.name] = r
-            samples[plan.name] = engine.op_profile.samples
+            runs["plans"][label] = r
+            samples[label] = engine.op_profile.samples
             m = r["metrics"]
-            print(f"{name:10s} {plan.name:22s} {m['total_token_throughput']:9.0f} tok/s  eff {m['efficiency']:.3f}"
+            print(f"{name:10s} {label:26s} {m['total_token_throughput']:9.0f} tok/s  eff {m['efficiency']:.3f}"
                   f"  host {r['host_fraction'] or 0:.1%}", flush=True)
             save()
         tps = {p: v["metrics"]["total_token_throughput"] for p, v in runs["plans"].items()}
