@@ -201,6 +201,7 @@ def prefill_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
         GROUP=group, G_PAD=g_pad, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_N=block_n,
         WINDOW_PAGES=next_pow2(max(cfg.window_pages, block_n // block_size)),
         DOT_F32=interpreted or q.dtype == torch.float32, PRECISION=dot_precision(q.dtype),
-        S_PAD=next_pow2(num_seqs), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        S_PAD=max(16, next_pow2(num_seqs)),  # one compiled variant up to 16 sequences (graphs pad to 16)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
