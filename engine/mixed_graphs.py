@@ -57,6 +57,7 @@ class MixedGraphs:
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.batches: dict[tuple[int, int], ForwardBatch] = {}
         self.uses: Counter = Counter()
+        self.num_runs = 0  # steps run in a bucket's layout (replayed, or eager before a capture / on CPU)
         self.num_replays = 0
         self.pool = None
 
@@ -80,21 +81,20 @@ class MixedGraphs:
             fb.prefill[(a, b)] = PrefillMeta(lo, max(lo, b), cu, lens, bt, max(b - lo, 0))
         return fb
 
-    def _capture(self, key: tuple[int, int]) -> None:
-        """Capture the bucket's forward; the static buffers hold the current batch, so the warm-up (Triton
-        compiles, cuBLAS picks, outside the capture) computes what the replay then recomputes."""
-        r = self.runner
-        fb = self.batches[key] = self._forward_batch(key)
-        side = torch.cuda.Stream(device=r.device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            r.executor.forward(fb)
-        torch.cuda.current_stream().wait_stream(side)
+    def _capture(self, key: tuple[int, int], fb: ForwardBatch) -> None:
+        """Capture the bucket's forward on a side stream, without torch.cuda.graph's device sync, gc and
+        cache flush (the iteration before may still run: capturing executes nothing). The step that
+        triggers it has just run eagerly in the same layout, which compiled and picked every kernel."""
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
+            self.stream = torch.cuda.Stream(device=self.runner.device)
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self.pool):
-            r.executor.forward(fb)
+        with torch.cuda.stream(self.stream):
+            g.capture_begin(pool=self.pool)
+            try:
+                self.runner.executor.forward(fb)
+            finally:
+                g.capture_end()
         self.graphs[key] = g
 
     def run(self, batch: ScheduledBatch, prev=None) -> torch.Tensor | None:
@@ -120,15 +120,18 @@ class MixedGraphs:
         self.buf64[: 3 * t].copy_(d64[: 3 * t])
         self.buf32[: d32.numel()].copy_(d32)
         fill_pending(self.buf64[:t], d64[3 * t + nl : 3 * t + nl + nf], d64[3 * t + nl + nf :], prev)
-        if not self.use_graphs:
-            self.batches.setdefault(key, self._forward_batch(key))
-            self.runner.executor.forward(self.batches[key])
-        else:
-            if key not in self.graphs:
-                self._capture(key)
+        if key not in self.batches:
+            self.batches[key] = self._forward_batch(key)
+        fb = self.batches[key]
+        self.num_runs += 1
+        if key in self.graphs:
             self.graphs[key].replay()
-        self.num_replays += 1
-        fb = dataclasses.replace(self.batches[key], logits_rows=d64[3 * t : 3 * t + nl])
+            self.num_replays += 1
+        else:  # this step eagerly in the bucket's layout (on CPU always: tests), then capture
+            self.runner.executor.forward(fb)
+            if self.use_graphs:
+                self._capture(key, fb)
+        fb = dataclasses.replace(fb, logits_rows=d64[3 * t : 3 * t + nl])
         return self.runner.model.logits(fb)
 
     def _upload(self, a: np.ndarray) -> torch.Tensor:

@@ -33,7 +33,7 @@ def run(plan_path=None, bucketed=False, **kw):
             toks[o.request_id] += o.new_token_ids
             logits[o.request_id].append(eng.last_logits[o.request_id])
     if bucketed:  # the layout ran on mixed steps, padded ones among them
-        assert eng.runner.mixed_graphs.num_replays > 0
+        assert eng.runner.mixed_graphs.num_runs > 0
     return [toks[i] for i in ids], [torch.stack(logits[i]) for i in ids]
 
 
