@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=512)
     ap.add_argument("--time-ops-every", type=int, default=40)
     ap.add_argument("--warmups", type=int, default=8)
+    ap.add_argument("--prewarm", type=int, default=0,
+                    help="run each workload's first N requests under every plan first, unmeasured, so no plan "
+                         "pays Triton compiles (a fresh machine's first plan otherwise does)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--probe", default=None, help="partition_probe.py JSON whose micro pair to include")
     ap.add_argument("--resume-from", default=None,
@@ -123,6 +126,9 @@ def main() -> None:
         trace = make_trace(name, int(n) if n else None, args.seed)
         runs = out["workloads"][name] = {"trace": dict(trace.meta), "plans": {}}
         samples = {}
+        for plan in plans if args.prewarm else []:
+            engine.set_plan(plan)
+            engine.generate_trace(list(trace.requests)[: args.prewarm])
         for label, plan in zip(labels, plans, strict=True):
             engine.set_plan(plan)
             if label.endswith(EAGER_MIXED):
