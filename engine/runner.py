@@ -93,6 +93,9 @@ class ModelRunner:
         self.sampler = Sampler(self.device, config.seed)
         self.graphs = None
         self.mixed_graphs = None
+        # a list to record each launched iteration's (start, end) CUDA events around forward + logits +
+        # sampling (the GPU time of the whole iteration, graph or eager; on CPU perf_counter seconds)
+        self.step_events: list | None = None
         self.set_plan(self.plan)
 
     def set_plan(self, plan: PipelinePlan) -> None:
@@ -149,6 +152,12 @@ class ModelRunner:
         """Enqueue the batch's forward and sampling; returns at once on CUDA (tokens come via the handle).
 
         prev: the previous, unresolved iteration, whose sampled tokens feed this one's decode rows."""
+        marks = self.step_events is not None
+        if marks and self.device.type == "cuda":
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+        elif marks:  # CPU ops run as they are called: the host clock times them
+            e0 = time.perf_counter()
         logits = None
         if self.graphs is not None and timings is None and self.graphs.can_run(batch):
             logits = self.graphs.run(batch, prev)
@@ -162,6 +171,11 @@ class ModelRunner:
         tokens = self.sampler.sample(logits, [s.request.params for s in sampling],
                                      [s.request.request_id for s in sampling])
         index = {s.request.request_id: i for i, s in enumerate(sampling)}
+        if marks and self.device.type == "cuda":
+            e1.record()
+            self.step_events.append((e0, e1))
+        elif marks:
+            self.step_events.append((e0, time.perf_counter()))
         keep = logits.clone() if self.config.keep_logits else None  # graph outputs are overwritten next replay
         if self.device.type != "cuda":
             return StepHandle(batch, tokens, tokens, None, keep, index)
