@@ -90,3 +90,15 @@ def test_pipelined_order_differs_from_grouped_for_three(tmp_path):
     ctx = context(tmp_path)
     for plan in (grouped, piped):
         assert evaluate(ctx, plan, 2048).iteration_ms > 0
+
+
+def test_reverse_post_is_plan_librarys_rev_and_the_model_simulates_it(tmp_path):
+    from engine.plan_library import plan_from_name
+
+    params = {**baseline_params("nb2"), "prefill_on_attention_stream": False, "reverse_post": True}
+    rev = build_plan(params, "r")
+    assert rev.ops == plan_from_name("nb2-pf0-rev", 132).ops
+    assert rev.ops != build_plan({**params, "reverse_post": False}, "f").ops
+    drawn = suggest_params(optuna.trial.FixedTrial(params))
+    assert drawn["reverse_post"] is True
+    assert evaluate(context(tmp_path), rev, 2048).iteration_ms > 0

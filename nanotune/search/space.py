@@ -9,7 +9,9 @@ Parameters (conditional ones only when they mean something):
   with it, prefill_on_attention_stream (prefill attention is compute-bound like the GEMMs, so keeping it on
   stream 0 may interfere less), attention_priority (CUDA priority of that stream; the model is blind to
   it, see perfmodel) and issue_order (grouped: every nano-batch's pre-attention ops first, NanoFlow's
-  order; pipelined: nano-batch i's post-attention ops after i+1's pre-attention ops; same for 2);
+  order; pipelined: nano-batch i's post-attention ops after i+1's pre-attention ops; same for 2) and, in the
+  grouped order, reverse_post (the later nano-batches' o_proj + MLP first, plan_library's `-rev`: in a mixed
+  batch the prefill-only nano-batches' GEMMs then run beside the first one's decode attention);
 - partition_decode and decode_sm_budget: decode attention confined to that many programs (~SMs);
 - align: row boundaries rounded to 1, 64 or 128 tokens (GEMM tiles);
 - collectives (TP > 1 only): all-reduces inline on the compute stream, or on a stream of their own that
@@ -53,6 +55,8 @@ def suggest_params(trial, tp: int = 1, search_max_num_seqs: bool = True, num_sms
         p["attention_priority"] = trial.suggest_categorical("attention_priority", [0, -1])
         if p["num_nano_batches"] > 2:
             p["issue_order"] = trial.suggest_categorical("issue_order", list(ISSUE_ORDERS))
+        if p["num_nano_batches"] > 1 and p.get("issue_order", "grouped") == "grouped":
+            p["reverse_post"] = trial.suggest_categorical("reverse_post", [False, True])
     p["partition_decode"] = trial.suggest_categorical("partition_decode", [False, True])
     if p["partition_decode"]:
         high = 8 + SM_BUDGET_STEP * max((num_sms - 8) // SM_BUDGET_STEP, 0)
@@ -74,7 +78,8 @@ def baseline_params(name: str, dense_batch_tokens: int = ENGINE_DEFAULT_DENSE_BA
         p.update(num_nano_batches=1, attention_stream=False, partition_decode=False, align=1)
     elif name == "nb2":  # two equal nano-batches, attention on stream 1, full grids, align 64
         p.update(num_nano_batches=2, share_0=0.5, share_1=0.5, attention_stream=True,
-                 prefill_on_attention_stream=True, attention_priority=0, partition_decode=False, align=64)
+                 prefill_on_attention_stream=True, attention_priority=0, reverse_post=False,
+                 partition_decode=False, align=64)
     else:
         raise ValueError(f"unknown baseline '{name}'")
     if tp > 1:
@@ -126,7 +131,7 @@ def build_plan(params: dict, name: str = "tuned", num_sms: int | None = None) ->
     else:
         for r in ranges:
             ops += pre(*r)
-        for r in ranges:
+        for r in reversed(ranges) if params.get("reverse_post") else ranges:
             ops += post(*r)
     # The engine limits the plan was tuned with travel in meta (a plan file holds no engine settings).
     meta = {"generator": "nanotune.search.space.build_plan", "params": dict(params),
