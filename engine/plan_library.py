@@ -97,8 +97,9 @@ def default_plan(model: ModelConfig) -> PipelinePlan:
 
     Measured on an H200 with llama-3-8b (results/reference/h200/engine-overlap*.json), two nano-batches on
     plain streams were 0.97-1.03x of sequential on 1024/512, 0.92x on 512/1024, 0.99x on 512/512, 0.94x on
-    Splitwise and 0.63-0.68x on ShareGPT/LMSYS; SM-partitioned variants (bounded attention grid, cuBLASLt
-    SM targets) were slower still. Until `nanotune search` (or better kernels) finds a plan that wins, the
+    Splitwise and 0.63-0.68x on ShareGPT/LMSYS with eager mixed steps, and 0.81-0.94x on all six with mixed
+    CUDA graphs (engine-overlap-mixed-graphs*.json); SM-partitioned variants (bounded attention grid,
+    cuBLASLt SM targets) were slower still. Until `nanotune search` (or better kernels) finds a plan that wins, the
     default is the sequential plan.
     """
     return PipelinePlan("sequential", PipelinePlan.sequential().ops, meta={"model": model.name,
