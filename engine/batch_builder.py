@@ -124,8 +124,8 @@ class BatchBuilder:
         i32 = [h["dec_bt"].ravel(), h["dec_ctx"]]
         for _, m in metas:
             i32 += [m["cu"], m["lens"], m["bt"].ravel()]
-        d64 = _upload(i64, self.device)
-        d32 = _upload(i32, self.device)
+        d64 = upload(i64, self.device)
+        d32 = upload(i32, self.device)
         nd = batch.num_decode
         fb = ForwardBatch(num_tokens=batch.num_tokens, num_decode=nd, input_ids=d64[0], positions=d64[1],
                           slot_mapping=d64[2], logits_rows=d64[3],
@@ -139,7 +139,8 @@ class BatchBuilder:
         return fb
 
 
-def _upload(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+def upload(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """Arrays of one dtype -> device views of them, through one pinned buffer and one asynchronous copy."""
     flat = np.concatenate(arrays) if arrays else np.zeros(0)
     t = torch.from_numpy(flat)
     if device.type == "cuda":

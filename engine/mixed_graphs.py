@@ -22,7 +22,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from engine.batch_builder import fill_pending
+from engine.batch_builder import fill_pending, upload
 from engine.models.forward import ForwardBatch, PrefillMeta
 from engine.scheduler import ScheduledBatch
 
@@ -116,7 +116,7 @@ class MixedGraphs:
         i64 = np.concatenate([h["ids"], h["pos"], h["slots"], h["logits_rows"], h["fix_rows"], h["fix_src"]])
         i32 = np.concatenate([h["dec_bt"].ravel(), h["dec_ctx"]]
                              + [x for _, m in metas for x in (m["cu"], m["lens"], m["bt"].ravel())])
-        d64, d32 = self._upload(i64), self._upload(i32)
+        (d64,), (d32,) = upload([i64], self.runner.device), upload([i32], self.runner.device)
         self.buf64[: 3 * t].copy_(d64[: 3 * t])
         self.buf32[: d32.numel()].copy_(d32)
         fill_pending(self.buf64[:t], d64[3 * t + nl : 3 * t + nl + nf], d64[3 * t + nl + nf :], prev)
@@ -133,7 +133,3 @@ class MixedGraphs:
                 self._capture(key, fb)
         fb = dataclasses.replace(fb, logits_rows=d64[3 * t : 3 * t + nl])
         return self.runner.model.logits(fb)
-
-    def _upload(self, a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a)
-        return t.pin_memory().to(self.runner.device, non_blocking=True) if self.use_graphs else t
