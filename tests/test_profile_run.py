@@ -47,6 +47,12 @@ def test_cpu_pipeline_end_to_end(cpu_run):
     mp = loaded["micro_pair"]
     assert [r["sm_budget"] for r in mp["two_stream"]] == [None, 2] and mp["best"]["gain_vs_back_to_back"] > 0
     assert loaded["method"]["kernels"] == "torch" and loaded["method"]["weight_layers"] >= 2
+    # launch gaps: a decode-only layer at the grid's decode batches; off a GPU the eager side only
+    lp = loaded["launch"]["points"]
+    assert [(p["batch"], p["context"]) for p in lp] == [(2, 16), (4, 16)]
+    assert all(p["ops"] == len(LAYER_OPS) - 1 and p["sum_alone_ms"] > 0 and p["eager_layer_ms"] > 0
+               and p["eager_gap_ms"] == pytest.approx((p["eager_layer_ms"] - p["sum_alone_ms"]) / p["ops"], abs=1e-4)
+               and p["graph_gap_ms"] is None for p in lp)
     assert any("device cpu" in n for n in loaded["notes"]) and any("GEMMs" in n for n in loaded["notes"])
     assert sorted(loaded["plots"]) == ["decode_sm.png", "interference.png", "micro_pair.png", "ops_tokens.png",
                                        "roofline.png"]
@@ -89,7 +95,7 @@ def test_micro_pair_bookkeeping():
 def test_grids():
     assert sm_budgets(132, (1 / 8, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 1)) == (16, 33, 44, 66, 88, 132, None)
     g = default_grid(132)
-    assert len(op_points(g, "decode_attn")) == 4 * 4 * 7 and None in g.pair_budgets
+    assert len(op_points(g, "decode_attn")) == 6 * 4 * 7 and None in g.pair_budgets
     cases = pair_cases(g, 4096)  # Llama-3-8B: 4 KiB of KV per token per layer
     dec = [c for c in cases if c.b == "decode_attn"]
     assert {c.a for c in dec} == {"qkv", "o_proj", "gate_up", "down"}

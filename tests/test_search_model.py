@@ -11,7 +11,8 @@ from test_search_helpers import h200_like_profile_dict, toy_profile, toy_profile
 from engine.plan import OpInstance, PipelinePlan
 from engine.plan_library import nano_batch_plan
 from nanotune.search.interp import curve, interp_budget, interp_loglog
-from nanotune.search.perfmodel import LAUNCH_GAP_MS, BatchShape, predict
+from nanotune.errors import UserError
+from nanotune.search.perfmodel import GRAPH_GAP_MS, LAUNCH_GAP_MS, BatchShape, predict
 from nanotune.search.profiledata import DEFAULT_SLOWDOWN, MAX_SLOWDOWN, load_profile, overlap_slowdowns
 
 DECODE_ONLY = BatchShape(num_decode=100, decode_context=10)
@@ -122,8 +123,30 @@ def test_tp_collectives_inline_add_to_the_critical_path_overlap_may_hide_them(tm
 def test_launch_gaps_idle_each_stream_between_kernels(tmp_path):
     """Sequential: 9 kernels per layer (prefill attention launches nothing), 18 in all, 17 gaps between."""
     p = toy_profile(tmp_path)
-    assert predict(PipelinePlan.sequential(), p, DECODE_ONLY, launch_gap_ms=0.5).layers_ms == pytest.approx(44.5)
-    assert predict(PipelinePlan.sequential(), p, DECODE_ONLY).layers_ms == pytest.approx(36 + 17 * LAUNCH_GAP_MS)
+    seq = PipelinePlan.sequential()
+    assert predict(seq, p, DECODE_ONLY, launch_gap_ms=0.5).layers_ms == pytest.approx(44.5)
+    # a profile without a launch section: the documented defaults, eager and graph-replayed
+    assert predict(seq, p, DECODE_ONLY, graphs=False).layers_ms == pytest.approx(36 + 17 * LAUNCH_GAP_MS)
+    assert predict(seq, p, DECODE_ONLY).layers_ms == pytest.approx(36 + 17 * GRAPH_GAP_MS)
+
+
+def test_launch_gaps_come_from_the_profile_when_it_measured_them(tmp_path):
+    """The median over the launch points (a negative graph gap, kernels overlapping their neighbours' tails
+    in timing noise, counts as none); a point without a graph measurement (CPU) is skipped."""
+    d = toy_profile_dict()
+    d["launch"] = {"points": [{"batch": 4, "eager_gap_ms": 0.02, "graph_gap_ms": 0.001},
+                              {"batch": 64, "eager_gap_ms": 0.01, "graph_gap_ms": 0.003},
+                              {"batch": 256, "eager_gap_ms": 0.004, "graph_gap_ms": None}], "method": "test"}
+    p = load_profile(write(tmp_path, d))
+    seq = PipelinePlan.sequential()
+    assert p.launch_gap_ms("eager") == pytest.approx(0.01) and p.launch_gap_ms("graph") == pytest.approx(0.002)
+    assert predict(seq, p, DECODE_ONLY).layers_ms == pytest.approx(36 + 17 * 0.002)
+    assert predict(seq, p, DECODE_ONLY, graphs=False).layers_ms == pytest.approx(36 + 17 * 0.01)
+    d["launch"]["points"] = [{"batch": 4, "eager_gap_ms": 0.01, "graph_gap_ms": -0.003}]
+    assert load_profile(write(tmp_path, d, "neg.json")).launch_gap_ms("graph") == 0.0
+    d["launch"]["points"] = [{"batch": 4, "eager_gap_ms": "fast"}]
+    with pytest.raises(UserError, match=r"launch.points\[0\].eager_gap_ms"):
+        load_profile(write(tmp_path, d, "bad.json"))
 
 
 def test_interpolation_loglog_and_extrapolation():

@@ -68,7 +68,7 @@ def default_grid(num_sms: int) -> Grid:
     return Grid(
         name="default",
         tokens=(32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192),
-        decode_batches=(32, 64, 128, 256), decode_contexts=(512, 1024, 2048, 4096),
+        decode_batches=(4, 16, 32, 64, 128, 256), decode_contexts=(512, 1024, 2048, 4096),
         budgets=sm_budgets(num_sms, (1 / 8, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 1)),
         prefill_tokens=(128, 256, 512, 1024, 2048, 4096), prefill_contexts=(0, 1024, 4096),
         pair_tokens=(512, 1024, 2048), pair_kv_bytes=(1 << 28, 1 << 29, 1 << 30),

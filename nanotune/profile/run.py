@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from engine.presets import get_preset
 from nanotune.errors import UserError
+from nanotune.profile.launch import launch_points, measure_launch
 from nanotune.profile.interference import measure_interference, measure_micro_pair, pair_cases
 from nanotune.profile.measure import (
     Grid,
@@ -140,7 +141,7 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
     profile = {"schema": SCHEMA, "kind": "profile", "run_id": file.stem if file.name != PROFILE_FILE else run_dir.name,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "partial": True, "model": cfg.name, "tp": sh.tp,
                "quick": opts.quick, "grid": grid.name, "device": str(device), "shapes": sh.to_dict(), "gpu": gpu,
-               "environment": environment(), "peaks": {}, "ops": {}, "interference": [], "micro_pair": None,
+               "environment": environment(), "peaks": {}, "ops": {}, "interference": [], "micro_pair": None, "launch": None,
                "collectives": collectives(sh), "errors": [], "notes": notes}
     timer = Timer(device, grid.warmup, grid.repeats)
     errors = profile["errors"]
@@ -165,6 +166,11 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
         steps.start("interference", len(cases))
         profile["interference"] = measure_interference(state["rig"], timer, cases, l2_bytes, steps.advance, errors)
 
+    def launch():
+        points = launch_points(grid)
+        steps.start("launch gaps", len(points))
+        profile["launch"] = measure_launch(state["rig"], timer, l2_bytes, points, steps.advance)
+
     def micro():
         steps.start("micro pair", 1)
         profile["micro_pair"] = measure_micro_pair(state["rig"], timer, grid, l2_bytes)
@@ -174,7 +180,7 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
         try:
             ok = True
             for name, fn in (("peaks", peaks), ("build", build), ("ops", alone), ("interference", pairs),
-                             ("micro_pair", micro)):
+                             ("micro_pair", micro), ("launch", launch)):
                 if name not in ("peaks", "build") and "rig" not in state:
                     break  # nothing to measure on without the model
                 with nv.section(name):

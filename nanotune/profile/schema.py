@@ -36,6 +36,10 @@ Layout (JSON object; times in milliseconds; sm_budget null = the op's full grid 
         "back_to_back_ms", "sum_alone_ms", "two_stream": [{"sm_budget", "attn_alone_ms", "together_ms",
         "mlp_ms", "attn_ms", "predicted_ms", "gain_vs_back_to_back"}], "best": {...} | null, "concurrent"}
         | null (not measured)
+  "launch": {"points": [{"batch", "context", "ops", "sum_alone_ms", "eager_layer_ms", "eager_gap_ms",
+        "graph_layer_ms", "graph_gap_ms"}], "method": str} | null (launch.py: the idle time per kernel of a
+        decode-only layer launched eagerly and replayed as a CUDA graph; graph fields null off a GPU; optional:
+        profiles written before it lack the key)
   "collectives": {} at tp 1, else {"all_reduce": {"after", "per_layer", "bytes_per_token", "ranks",
         "measured": false, "why"}}
   "nvml": {"available": bool, ...}  (nvml.summarize_samples); "throttled": bool (false when NVML was
@@ -163,6 +167,12 @@ def validate_profile(data, where: str = "profile") -> None:
     for i, rec in enumerate(_need(data, "interference", list, where, "interference")):
         _check_pair(rec, where, f"interference[{i}]")
     _need(data, "micro_pair", (dict, type(None)), where, "micro_pair")
+    launch = data.get("launch")
+    if launch is not None:
+        for i, p in enumerate(_need(launch, "points", list, where, "launch.points")):
+            for k in ("eager_gap_ms", "graph_gap_ms"):
+                if not isinstance(p, dict) or not isinstance(p.get(k), (int, float, type(None))):
+                    _fail(where, f"launch.points[{i}].{k}", "expected a number or null")
     _need(data, "collectives", dict, where, "collectives")
     _need(data, "nvml", dict, where, "nvml")
     _need(data, "throttled", bool, where, "throttled")

@@ -104,6 +104,10 @@ def summary_lines(profile: dict) -> list[str]:
                      f"{mp['attn']['kv_gib']:.2f} GiB KV {mp['attn']['ms']:.3f} ms): back to back "
                      f"{mp['back_to_back_ms']:.3f} ms, best two-stream {b['together_ms']:.3f} ms at sm_budget "
                      f"{b['sm_budget']} = {b['gain_vs_back_to_back']:.2f}x")
+    for lp in (profile.get("launch") or {}).get("points", []):
+        graph = "" if lp["graph_gap_ms"] is None else f", CUDA graph {1e3 * lp['graph_gap_ms']:+.1f} us"
+        lines.append(f"launch gap per kernel (decode layer, batch {lp['batch']}): eager "
+                     f"{1e3 * lp['eager_gap_ms']:+.1f} us{graph}")
     nv = profile.get("nvml", {})
     if not nv.get("available"):
         lines.append("NVML unavailable: throttling unknown")

@@ -21,13 +21,17 @@ def model_notes(ctx, composition: str) -> list[str]:
     notes = [
         "interference: each measured pair's spans (both started together) are turned into each op's slowdown "
         "while overlapped; the simulation stretches ops only while they overlap",
-        f"launch gap: {perfmodel.LAUNCH_GAP_MS * 1e3:g} us idle on a stream between kernels (eager iterations; "
-        "measured on an H200 sequential run)",
+        f"launch gap: {1e3 * perfmodel.launch_gap(ctx.profile, True):g} us idle on a stream between kernels "
+        f"(every iteration taken as a CUDA-graph replay, the engine's default; eager: "
+        f"{1e3 * perfmodel.launch_gap(ctx.profile, False):g} us); "
+        + ("measured by the profile (its launch section)" if ctx.profile.launch_gap_ms("graph") is not None
+           else "the profile has no launch section: defaults"),
         f"interference: pairs the profile did not measure (same ops or same kinds) take a slowdown of "
         f"{profiledata.DEFAULT_SLOWDOWN} each: overlap gains nothing over back to back (plain-stream pairs "
         f"measured about that on an H200); collectives {profiledata.DEFAULT_COMM_SLOWDOWN}",
         "lm_head + sampling: estimated from the profile's peaks (not a layer op; not profiled)",
-        "not modelled: host time (async scheduling, CUDA graphs), stream priorities, launch gaps",
+        "not modelled: host time (async scheduling overlaps it with the GPU; validation reports the share of "
+        "steps it paced), stream priorities",
     ]
     if composition == "steady":
         notes.append("batch composition: the steady state of an endless supply of the workload's requests; a "

@@ -14,9 +14,11 @@ What it simulates, as the executor (engine/pipeline.py) runs a plan:
 Under tensor parallelism an all-reduce follows each o_proj and down instance, either inline on the
 producer's stream or on a stream of its own that overlaps compute; the engine cannot run TP yet, so this
 part is a model of a choice recorded in the plan's meta, not of a measured run.
-Between two kernels a stream idles LAUNCH_GAP_MS (host launch of an eager iteration). Not simulated: other
-host time (the scheduler runs one iteration ahead), stream priorities (the profile does not measure them),
-and L2 effects between neighbouring ops.
+Between two kernels a stream idles a launch gap: the profile's measured gap for a CUDA-graph replay (the
+engine replays graphs for decode-only and, once a bucket repeats, mixed iterations), or for an eager
+launch (`graphs=False`; the per-op-timed iterations). Not simulated: other host time (the scheduler runs
+one iteration ahead), stream priorities (the profile does not measure them), and L2 effects between
+neighbouring ops.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ ALLREDUCE_LATENCY_MS = 0.01
 LM_HEAD_GEMM_EFFICIENCY = 0.7  # of the bf16 peak: the lm_head GEMM is wide (vocab) but short (sampled rows)
 SAMPLING_PASSES = 3  # fp32 logits read by softmax/argmax/copies
 # A stream idles this long between two kernels of an eager iteration (host launch; profiles time kernels
-# back to back, so their times leave it out). Measured on an H200, llama-3-8b, sequential plan: each timed
-# iteration's span exceeds the sum of its op times by 7-8 us per op on all three workloads
-# (results/reference/h200/engine-sequential.json). Mixed prefill+decode iterations run eagerly; decode-only
-# ones replay CUDA graphs, where the gap is smaller, so this errs long on those.
+# back to back, so their times leave it out) when the profile has no `launch` section. Measured on an H200,
+# llama-3-8b, sequential plan: each timed iteration's span exceeds the sum of its op times by 7-8 us per op
+# on all three workloads (results/reference/h200/engine-sequential.json).
 LAUNCH_GAP_MS = 0.008
+# Between two kernels of a graph replay, without a `launch` section: the GPU starts the next kernel of a
+# graph without the host, and the profile's back-to-back timings already hold the GPU's own launch latency.
+GRAPH_GAP_MS = 0.0
 
 
 @dataclass(frozen=True)
@@ -235,11 +239,21 @@ def _rates(nodes: list[Node], running: dict[int, tuple[int, float]], profile: Pr
     return rates
 
 
+def launch_gap(profile: Profile, graphs: bool) -> float:
+    """ms a stream idles between two kernels: the profile's measured gap (its `launch` section) for a graph
+    replay or an eager launch, else GRAPH_GAP_MS / LAUNCH_GAP_MS."""
+    measured = profile.launch_gap_ms("graph" if graphs else "eager")
+    if measured is not None:
+        return measured
+    return GRAPH_GAP_MS if graphs else LAUNCH_GAP_MS
+
+
 def predict(plan: PipelinePlan, profile: Profile, batch: BatchShape, collectives: str = "inline",
-            num_layers: int | None = None, launch_gap_ms: float | None = None) -> Prediction:
-    """One iteration's predicted time (and the simulated timeline) for `plan` on `batch`."""
+            num_layers: int | None = None, launch_gap_ms: float | None = None, graphs: bool = True) -> Prediction:
+    """One iteration's predicted time (and the simulated timeline) for `plan` on `batch`, replayed as a CUDA
+    graph (the engine's default) or launched eagerly (`graphs=False`)."""
     layers = num_layers or int(profile.shapes["num_layers"])
     nodes, num_streams = build_nodes(plan, profile, batch, layers, collectives)
-    gap = LAUNCH_GAP_MS if launch_gap_ms is None else launch_gap_ms
+    gap = launch_gap(profile, graphs) if launch_gap_ms is None else launch_gap_ms
     span = simulate(nodes, num_streams, profile, gap)
     return Prediction(span, lm_head_ms(profile, batch.sampled), nodes, num_streams)

@@ -10,6 +10,7 @@ an op's time alone at a size and SM budget, and its slowdown beside another op.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,13 @@ class Profile:
 
     def has_op(self, op: str) -> bool:
         return bool(self.data.get("ops", {}).get(op, {}).get("points"))
+
+    def launch_gap_ms(self, mode: str) -> float | None:
+        """Measured idle ms between two kernels of a layer ("graph": a CUDA-graph replay; "eager": launched
+        one by one from Python), the median over the profile's launch points; None when not measured."""
+        gaps = [p.get(f"{mode}_gap_ms") for p in (self.data.get("launch") or {}).get("points", [])]
+        gaps = [float(g) for g in gaps if g is not None]
+        return max(0.0, statistics.median(gaps)) if gaps else None
 
     def kind(self, op: str) -> str:
         return self.data.get("ops", {}).get(op, {}).get("kind") or DEFAULT_KINDS.get(op, "memory")
