@@ -10,8 +10,8 @@ from test_search_helpers import h200_like_profile_dict, toy_profile, toy_profile
 
 from engine.plan import OpInstance, PipelinePlan
 from engine.plan_library import nano_batch_plan
-from nanotune.search.interp import curve, interp_budget, interp_loglog
 from nanotune.errors import UserError
+from nanotune.search.interp import curve, interp_budget, interp_loglog
 from nanotune.search.perfmodel import GRAPH_GAP_MS, LAUNCH_GAP_MS, BatchShape, predict
 from nanotune.search.profiledata import DEFAULT_SLOWDOWN, MAX_SLOWDOWN, load_profile, overlap_slowdowns
 

@@ -48,7 +48,7 @@ def measure_launch(rig: LayerRig, timer: Timer, l2_bytes: int, points, step=None
         fns = [runner_for(rig, op, pt, None, l2_bytes) for op, pt in layer_points(batch, context)]
         alone = sum(timer.time(f).ms for f in fns)
 
-        def layer(i: int) -> None:
+        def layer(i: int, fns=fns) -> None:
             for f in fns:
                 f(i)
 
@@ -90,9 +90,7 @@ def _graph_layer_ms(device: torch.device, timer: Timer, layer) -> float:
     with torch.cuda.graph(g):
         for i in range(GRAPH_LAYERS):
             layer(i)
-    ms = timer.time(lambda i: g.replay()).ms / GRAPH_LAYERS
-    del g
-    return ms
+    return timer.time(lambda i: g.replay()).ms / GRAPH_LAYERS
 
 
 def _sync(device: torch.device) -> None:

@@ -13,8 +13,8 @@ from rich.markup import escape
 
 from engine.presets import get_preset
 from nanotune.errors import UserError
-from nanotune.profile.launch import launch_points, measure_launch
 from nanotune.profile.interference import measure_interference, measure_micro_pair, pair_cases
+from nanotune.profile.launch import launch_points, measure_launch
 from nanotune.profile.measure import (
     Grid,
     count_points,
@@ -141,7 +141,8 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
     profile = {"schema": SCHEMA, "kind": "profile", "run_id": file.stem if file.name != PROFILE_FILE else run_dir.name,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "partial": True, "model": cfg.name, "tp": sh.tp,
                "quick": opts.quick, "grid": grid.name, "device": str(device), "shapes": sh.to_dict(), "gpu": gpu,
-               "environment": environment(), "peaks": {}, "ops": {}, "interference": [], "micro_pair": None, "launch": None,
+               "environment": environment(), "peaks": {}, "ops": {}, "interference": [], "micro_pair": None,
+               "launch": None,
                "collectives": collectives(sh), "errors": [], "notes": notes}
     timer = Timer(device, grid.warmup, grid.repeats)
     errors = profile["errors"]
