@@ -51,14 +51,17 @@ class MixedGraphs:
         n_inst = len(runner.builder.prefill_ranges)
         dev = runner.device
         self.buf64 = torch.zeros(3 * max_tokens, dtype=torch.int64, device=dev)  # ids | positions | slots
-        # decode block tables | context lens, then per prefill instance: cu_seqlens | seq lens | block tables
-        self.buf32 = torch.zeros(max_decode * (mb + 1) + n_inst * (MAX_PIECES * (mb + 2) + 1), dtype=torch.int32,
+        # decode block tables | context lens, then per prefill instance: cu_seqlens | seq lens | block tables;
+        # a bucket's decode rows round up to DECODE_STEP, past max_decode when that is not a multiple of it
+        rows = -(-max_decode // DECODE_STEP) * DECODE_STEP
+        self.buf32 = torch.zeros(rows * (mb + 1) + n_inst * (MAX_PIECES * (mb + 2) + 1), dtype=torch.int32,
                                  device=dev)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.batches: dict[tuple[int, int], ForwardBatch] = {}
         self.uses: Counter = Counter()
         self.num_runs = 0  # steps run in a bucket's layout (replayed, or eager before a capture / on CPU)
         self.num_replays = 0
+        self.replayed = False  # whether the last run() replayed a graph
         self.pool = None
 
     def _forward_batch(self, key: tuple[int, int]) -> ForwardBatch:
@@ -124,7 +127,8 @@ class MixedGraphs:
             self.batches[key] = self._forward_batch(key)
         fb = self.batches[key]
         self.num_runs += 1
-        if key in self.graphs:
+        self.replayed = key in self.graphs
+        if self.replayed:
             self.graphs[key].replay()
             self.num_replays += 1
         else:  # this step eagerly in the bucket's layout (on CPU always: tests), then capture

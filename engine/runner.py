@@ -93,8 +93,9 @@ class ModelRunner:
         self.sampler = Sampler(self.device, config.seed)
         self.graphs = None
         self.mixed_graphs = None
-        # a list to record each launched iteration's (start, end) CUDA events around forward + logits +
-        # sampling (the GPU time of the whole iteration, graph or eager; on CPU perf_counter seconds)
+        # a list to record each launched iteration's (start, end, replayed) around forward + logits + sampling:
+        # CUDA events (the GPU time of the whole iteration; on CPU perf_counter seconds), and whether it
+        # replayed a CUDA graph (else its kernels were launched one by one, a capture's included)
         self.step_events: list | None = None
         self.set_plan(self.plan)
 
@@ -158,11 +159,12 @@ class ModelRunner:
             e0.record()
         elif marks:  # CPU ops run as they are called: the host clock times them
             e0 = time.perf_counter()
-        logits = None
+        logits, replayed = None, False
         if self.graphs is not None and timings is None and self.graphs.can_run(batch):
-            logits = self.graphs.run(batch, prev)
+            logits, replayed = self.graphs.run(batch, prev), True
         elif self.mixed_graphs is not None and timings is None:
             logits = self.mixed_graphs.run(batch, prev)  # None: not captured (yet), or too many pieces
+            replayed = logits is not None and self.mixed_graphs.replayed
         if logits is None:
             fb = self.builder.build(batch, prev)
             self.executor.forward(fb, timings)
@@ -173,9 +175,9 @@ class ModelRunner:
         index = {s.request.request_id: i for i, s in enumerate(sampling)}
         if marks and self.device.type == "cuda":
             e1.record()
-            self.step_events.append((e0, e1))
+            self.step_events.append((e0, e1, replayed))
         elif marks:
-            self.step_events.append((e0, time.perf_counter()))
+            self.step_events.append((e0, time.perf_counter(), replayed))
         keep = logits.clone() if self.config.keep_logits else None  # graph outputs are overwritten next replay
         if self.device.type != "cuda":
             return StepHandle(batch, tokens, tokens, None, keep, index)

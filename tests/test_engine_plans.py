@@ -78,6 +78,15 @@ def test_mixed_graph_layout_matches_the_plain_batch(tmp_path, name):
         assert ((a - b).norm() / b.norm()).item() <= 1e-5
 
 
+def test_mixed_graph_layout_with_max_num_seqs_not_a_multiple_of_the_decode_step():
+    """Decode rows round up to DECODE_STEP (32) past max_num_seqs (5 here): the static buffers hold them."""
+    ref_tokens, ref_logits = run(max_num_seqs=5)
+    tokens, logits = run(bucketed=True, max_num_seqs=5)
+    assert tokens == ref_tokens
+    for a, b in zip(logits, ref_logits, strict=True):
+        assert ((a - b).norm() / b.norm()).item() <= 1e-5
+
+
 def test_mixed_graph_buckets_pad_within_the_token_rounding():
     from engine.mixed_graphs import DECODE_STEP, TOKEN_STEP, bucket
 
