@@ -131,8 +131,8 @@ def test_launch_gaps_idle_each_stream_between_kernels(tmp_path):
 
 
 def test_launch_gaps_come_from_the_profile_when_it_measured_them(tmp_path):
-    """The median over the launch points (a negative graph gap, kernels overlapping their neighbours' tails
-    in timing noise, counts as none); a point without a graph measurement (CPU) is skipped."""
+    """A graph replay: the median of the measured gaps after every kernel (a point without a graph
+    measurement, as on CPU, is skipped); a negative gap shortens each kernel instead."""
     d = toy_profile_dict()
     d["launch"] = {"points": [{"batch": 4, "eager_gap_ms": 0.02, "graph_gap_ms": 0.001},
                               {"batch": 64, "eager_gap_ms": 0.01, "graph_gap_ms": 0.003},
@@ -141,12 +141,31 @@ def test_launch_gaps_come_from_the_profile_when_it_measured_them(tmp_path):
     seq = PipelinePlan.sequential()
     assert p.launch_gap_ms("eager") == pytest.approx(0.01) and p.launch_gap_ms("graph") == pytest.approx(0.002)
     assert predict(seq, p, DECODE_ONLY).layers_ms == pytest.approx(36 + 17 * 0.002)
-    assert predict(seq, p, DECODE_ONLY, graphs=False).layers_ms == pytest.approx(36 + 17 * 0.01)
-    d["launch"]["points"] = [{"batch": 4, "eager_gap_ms": 0.01, "graph_gap_ms": -0.003}]
-    assert load_profile(write(tmp_path, d, "neg.json")).launch_gap_ms("graph") == 0.0
+    assert p.host_launch_ms() is None  # no eager layer time: eager iterations keep the default gap
+    assert predict(seq, p, DECODE_ONLY, graphs=False).layers_ms == pytest.approx(36 + 17 * LAUNCH_GAP_MS)
+    d["launch"]["points"] = [{"batch": 4, "eager_gap_ms": 0.01, "graph_gap_ms": -0.01}]
+    neg = load_profile(write(tmp_path, d, "neg.json"))
+    assert predict(seq, neg, DECODE_ONLY).layers_ms == pytest.approx(36 - 18 * 0.01)  # 18 kernels, each shorter
     d["launch"]["points"] = [{"batch": 4, "eager_gap_ms": "fast"}]
     with pytest.raises(UserError, match=r"launch.points\[0\].eager_gap_ms"):
         load_profile(write(tmp_path, d, "bad.json"))
+
+
+def test_eager_iterations_wait_for_the_host_to_launch_each_kernel(tmp_path):
+    """With the profile's host launch cost c (its smallest eager layer's wall time per op), kernel k cannot
+    start before the host has launched it at k * c. Toy kernels at 100 rows take 1-4 ms: with c = 0.1 only
+    the first waits (36.1 ms); with c = 3 the host paces all 18 and the last, down (2 ms), ends at 18 * 3 + 2."""
+    d = toy_profile_dict()
+    seq = PipelinePlan.sequential()
+    for c, want in ((0.1, 36.1), (3.0, 56.0)):
+        d["launch"] = {"points": [{"batch": 4, "ops": 9, "eager_layer_ms": 9 * c, "eager_gap_ms": 0.0,
+                                   "graph_gap_ms": 0.0},
+                                  {"batch": 64, "ops": 9, "eager_layer_ms": 100.0, "eager_gap_ms": 0.0,
+                                   "graph_gap_ms": 0.0}], "method": "test"}
+        p = load_profile(write(tmp_path, d, f"c{c}.json"))
+        assert p.host_launch_ms() == pytest.approx(c)  # from the smallest batch's layer
+        assert predict(seq, p, DECODE_ONLY, graphs=False).layers_ms == pytest.approx(want)
+        assert predict(seq, p, DECODE_ONLY).layers_ms == pytest.approx(36.0)  # a graph replay: no host
 
 
 def test_interpolation_loglog_and_extrapolation():

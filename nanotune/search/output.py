@@ -16,16 +16,24 @@ SCHEMA = "nanotune.search/1"
 MAX_PARETO_PLANS = 8
 
 
+def _launch_note(profile) -> str:
+    gap = perfmodel.launch_gap(profile, True)
+    host = profile.host_launch_ms()
+    if profile.launch_gap_ms("graph") is None:
+        return (f"launch gap: every iteration is taken as a CUDA-graph replay (the engine's default), "
+                f"{1e3 * gap:g} us between kernels (the profile has no launch section; eager: "
+                f"{1e3 * perfmodel.LAUNCH_GAP_MS:g} us)")
+    eager = "" if host is None else f"; eager iterations: the host launches each kernel in {1e3 * host:.1f} us"
+    return (f"launch gap: every iteration is taken as a CUDA-graph replay (the engine's default), "
+            f"{1e3 * gap:+.2f} us per kernel against its alone time, measured by the profile{eager}")
+
+
 def model_notes(ctx, composition: str) -> list[str]:
     """The model's assumptions, written into every result so a reader knows what was and was not measured."""
     notes = [
         "interference: each measured pair's spans (both started together) are turned into each op's slowdown "
         "while overlapped; the simulation stretches ops only while they overlap",
-        f"launch gap: {1e3 * perfmodel.launch_gap(ctx.profile, True):g} us idle on a stream between kernels "
-        f"(every iteration taken as a CUDA-graph replay, the engine's default; eager: "
-        f"{1e3 * perfmodel.launch_gap(ctx.profile, False):g} us); "
-        + ("measured by the profile (its launch section)" if ctx.profile.launch_gap_ms("graph") is not None
-           else "the profile has no launch section: defaults"),
+        _launch_note(ctx.profile),
         f"interference: pairs the profile did not measure (same ops or same kinds) take a slowdown of "
         f"{profiledata.DEFAULT_SLOWDOWN} each: overlap gains nothing over back to back (plain-stream pairs "
         f"measured about that on an H200); collectives {profiledata.DEFAULT_COMM_SLOWDOWN}",

@@ -14,11 +14,12 @@ What it simulates, as the executor (engine/pipeline.py) runs a plan:
 Under tensor parallelism an all-reduce follows each o_proj and down instance, either inline on the
 producer's stream or on a stream of its own that overlaps compute; the engine cannot run TP yet, so this
 part is a model of a choice recorded in the plan's meta, not of a measured run.
-Between two kernels a stream idles a launch gap: the profile's measured gap for a CUDA-graph replay (the
-engine replays graphs for decode-only and, once a bucket repeats, mixed iterations), or for an eager
-launch (`graphs=False`; the per-op-timed iterations). Not simulated: other host time (the scheduler runs
-one iteration ahead), stream priorities (the profile does not measure them), and L2 effects between
-neighbouring ops.
+Launches: a CUDA-graph replay (the engine replays graphs for decode-only and captured mixed iterations)
+adds the profile's measured graph gap per kernel (about -1 us on an H200: back to back in a graph, kernels
+take a little less than the profile's repeats of one); an eager iteration (`graphs=False`) cannot start a
+kernel before the host has launched it, one after another at the profile's measured launch cost.
+Not simulated: other host time (the scheduler runs one iteration ahead), stream priorities (the profile
+does not measure them), and L2 effects between neighbouring ops.
 """
 
 from __future__ import annotations
@@ -174,12 +175,18 @@ def build_nodes(plan: PipelinePlan, profile: Profile, batch: BatchShape, num_lay
     return nodes, num_streams
 
 
-def simulate(nodes: list[Node], num_streams: int, profile: Profile, launch_gap_ms: float = 0.0) -> float:
+def simulate(nodes: list[Node], num_streams: int, profile: Profile, launch_gap_ms: float = 0.0,
+             issue_ms: float = 0.0) -> float:
     """Event-driven run of the DAG on its streams; fills start/end; returns the makespan in ms. After each
-    kernel its stream idles `launch_gap_ms` before the next can start (zero-length nodes launch nothing)."""
+    kernel its stream idles `launch_gap_ms` before the next can start (zero-length nodes launch nothing).
+    `issue_ms`: the host launches the kernels one by one in issue order, this long each, from t = 0; a kernel
+    cannot start before the host has launched it (an eager iteration; 0 for a graph replay)."""
     queues: list[list[int]] = [[] for _ in range(num_streams)]
+    issue_at, launched = [], 0
     for i, n in enumerate(nodes):
         queues[n.stream].append(i)
+        launched += n.ms > 0
+        issue_at.append(launched * issue_ms)
     heads = [0] * num_streams
     free_at = [0.0] * num_streams  # when each stream may start its next kernel
     running: dict[int, tuple[int, float]] = {}  # stream -> (node, remaining alone-ms)
@@ -192,6 +199,8 @@ def simulate(nodes: list[Node], num_streams: int, profile: Profile, launch_gap_m
                 if s in running or heads[s] >= len(queues[s]) or free_at[s] > t + eps:
                     continue
                 i = queues[s][heads[s]]
+                if issue_at[i] > t + eps:
+                    continue
                 n = nodes[i]
                 if any(nodes[d].end < 0 for d in n.deps):
                     continue
@@ -202,8 +211,9 @@ def simulate(nodes: list[Node], num_streams: int, profile: Profile, launch_gap_m
                 else:
                     running[s] = (i, n.ms)
                 started = True
-        waiting = [free_at[s] for s in range(num_streams)
-                   if s not in running and heads[s] < len(queues[s]) and free_at[s] > t + eps]
+        waiting = [max(free_at[s], issue_at[queues[s][heads[s]]]) for s in range(num_streams)
+                   if s not in running and heads[s] < len(queues[s])
+                   and max(free_at[s], issue_at[queues[s][heads[s]]]) > t + eps]
         if not running and not waiting:
             if any(heads[s] < len(queues[s]) for s in range(num_streams)):
                 raise RuntimeError("plan deadlocks in simulation (a dependency is issued after its consumer)")
@@ -240,20 +250,32 @@ def _rates(nodes: list[Node], running: dict[int, tuple[int, float]], profile: Pr
 
 
 def launch_gap(profile: Profile, graphs: bool) -> float:
-    """ms a stream idles between two kernels: the profile's measured gap (its `launch` section) for a graph
-    replay or an eager launch, else GRAPH_GAP_MS / LAUNCH_GAP_MS."""
-    measured = profile.launch_gap_ms("graph" if graphs else "eager")
-    if measured is not None:
-        return measured
-    return GRAPH_GAP_MS if graphs else LAUNCH_GAP_MS
+    """ms a stream idles between two kernels (negative: a kernel takes that much less than alone): the
+    profile's measured gap of a graph replay; for eager iterations, LAUNCH_GAP_MS when the profile did not
+    measure the host's launch cost (else 0: `issue_ms` models eager launches)."""
+    if graphs:
+        measured = profile.launch_gap_ms("graph")
+        return GRAPH_GAP_MS if measured is None else measured
+    return 0.0 if profile.host_launch_ms() is not None else LAUNCH_GAP_MS
 
 
 def predict(plan: PipelinePlan, profile: Profile, batch: BatchShape, collectives: str = "inline",
             num_layers: int | None = None, launch_gap_ms: float | None = None, graphs: bool = True) -> Prediction:
     """One iteration's predicted time (and the simulated timeline) for `plan` on `batch`, replayed as a CUDA
-    graph (the engine's default) or launched eagerly (`graphs=False`)."""
+    graph (the engine's default) or launched eagerly (`graphs=False`: the host issues each kernel at the
+    profile's measured launch cost). `launch_gap_ms` overrides both with a plain gap after every kernel."""
     layers = num_layers or int(profile.shapes["num_layers"])
     nodes, num_streams = build_nodes(plan, profile, batch, layers, collectives)
-    gap = launch_gap(profile, graphs) if launch_gap_ms is None else launch_gap_ms
-    span = simulate(nodes, num_streams, profile, gap)
+    issue = 0.0
+    if launch_gap_ms is not None:
+        gap = launch_gap_ms
+    else:
+        gap = launch_gap(profile, graphs)
+        issue = 0.0 if graphs else profile.host_launch_ms() or 0.0
+    if gap < 0:  # a graph runs kernels back to back tighter than the profile's repeats of one kernel
+        for n in nodes:
+            if n.ms > 0:
+                n.ms = max(n.ms + gap, 0.5 * n.ms)
+        gap = 0.0
+    span = simulate(nodes, num_streams, profile, gap, issue)
     return Prediction(span, lm_head_ms(profile, batch.sampled), nodes, num_streams)

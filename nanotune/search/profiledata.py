@@ -100,11 +100,21 @@ class Profile:
         return bool(self.data.get("ops", {}).get(op, {}).get("points"))
 
     def launch_gap_ms(self, mode: str) -> float | None:
-        """Measured idle ms between two kernels of a layer ("graph": a CUDA-graph replay; "eager": launched
-        one by one from Python), the median over the profile's launch points; None when not measured."""
+        """Measured ms between two kernels of a layer beyond their alone times ("graph": a CUDA-graph replay;
+        "eager": launched one by one from Python), the median over the profile's launch points (negative:
+        back to back in a graph they take less than alone); None when not measured."""
         gaps = [p.get(f"{mode}_gap_ms") for p in (self.data.get("launch") or {}).get("points", [])]
         gaps = [float(g) for g in gaps if g is not None]
-        return max(0.0, statistics.median(gaps)) if gaps else None
+        return statistics.median(gaps) if gaps else None
+
+    def host_launch_ms(self) -> float | None:
+        """The host's cost of launching one op eagerly: the per-op wall time of the profile's smallest eager
+        layer, where the kernels are shortest and the host sets the pace; None when not measured."""
+        pts = [p for p in (self.data.get("launch") or {}).get("points", []) if p.get("eager_layer_ms")]
+        if not pts:
+            return None
+        p = min(pts, key=lambda q: q.get("batch", 0))
+        return float(p["eager_layer_ms"]) / max(int(p.get("ops", 1)), 1)
 
     def kind(self, op: str) -> str:
         return self.data.get("ops", {}).get(op, {}).get("kind") or DEFAULT_KINDS.get(op, "memory")
