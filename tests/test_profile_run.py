@@ -53,6 +53,7 @@ def test_cpu_pipeline_end_to_end(cpu_run):
     assert all(p["ops"] == len(LAYER_OPS) - 1 and p["sum_alone_ms"] > 0 and p["eager_layer_ms"] > 0
                and p["eager_gap_ms"] == pytest.approx((p["eager_layer_ms"] - p["sum_alone_ms"]) / p["ops"], abs=1e-4)
                and p["graph_gap_ms"] is None for p in lp)
+    assert loaded["sustained"]["points"] == []  # sustained load: a GPU's power limit, nothing to see on CPU
     assert any("device cpu" in n for n in loaded["notes"]) and any("GEMMs" in n for n in loaded["notes"])
     assert sorted(loaded["plots"]) == ["decode_sm.png", "interference.png", "micro_pair.png", "ops_tokens.png",
                                        "roofline.png"]

@@ -168,6 +168,25 @@ def test_eager_iterations_wait_for_the_host_to_launch_each_kernel(tmp_path):
         assert predict(seq, p, DECODE_ONLY).layers_ms == pytest.approx(36.0)  # a graph replay: no host
 
 
+def test_sustained_load_scales_each_op_by_the_factor_of_its_bound(tmp_path):
+    """A profile's sustained section: memory-bound ops (the toy's element-wise ops, decode attention, and
+    GEMMs too small to be compute-bound) by the memory factor, compute-bound ones by the compute factor."""
+    d = toy_profile_dict()
+    d["peaks"] = {"bf16_tflops": 800.0, "copy_gb_s": 4000.0}
+    d["ops"]["gate_up"]["shape"] = {"n": 28672, "k": 4096}  # ridge: about 200 rows at these peaks
+    d["sustained"] = {"points": [{"bound": "compute", "factor": 1.2}, {"bound": "memory", "factor": 1.05}]}
+    p = load_profile(write(tmp_path, d))
+    assert p.bound("gate_up", {"tokens": 64}) == "memory" and p.bound("gate_up", {"tokens": 1024}) == "compute"
+    assert p.bound("decode_attn", {"batch": 512, "context": 4096}) == "memory"
+    assert p.bound("prefill_attn", {"tokens": 16}) == "compute"
+    assert p.bound("qkv", {"tokens": 4096}) == "memory"  # no shape in the profile: taken as memory-bound
+    # 100 decode rows: gate_up (4 ms of the 36) is memory-bound here, like everything else
+    assert sim(PipelinePlan.sequential(), p, DECODE_ONLY).layers_ms == pytest.approx(36 * 1.05)
+    del d["sustained"]
+    assert sim(PipelinePlan.sequential(), load_profile(write(tmp_path, d, "cold.json")), DECODE_ONLY
+               ).layers_ms == pytest.approx(36)
+
+
 def test_interpolation_loglog_and_extrapolation():
     pts = curve([(100, 1.0), (400, 2.0), (100, 3.0)])  # duplicate sizes average
     assert pts == [(100.0, 2.0), (400.0, 2.0)]

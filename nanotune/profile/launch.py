@@ -80,17 +80,23 @@ def _eager_layer_ms(device: torch.device, layer) -> float:
 
 
 def _graph_layer_ms(device: torch.device, timer: Timer, layer) -> float:
+    g = capture_layers(device, layer, GRAPH_LAYERS)
+    return timer.time(lambda i: g.replay()).ms / GRAPH_LAYERS
+
+
+def capture_layers(device: torch.device, layer, count: int) -> torch.cuda.CUDAGraph:
+    """`count` calls of layer(i) (i = 0..count-1, rotating weights) captured in one CUDA graph."""
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):  # compiles and cuBLAS's choices outside the capture
-        for i in range(GRAPH_LAYERS):
+        for i in range(count):
             layer(i)
     torch.cuda.current_stream(device).wait_stream(side)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        for i in range(GRAPH_LAYERS):
+        for i in range(count):
             layer(i)
-    return timer.time(lambda i: g.replay()).ms / GRAPH_LAYERS
+    return g
 
 
 def _sync(device: torch.device) -> None:

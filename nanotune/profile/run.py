@@ -30,6 +30,7 @@ from nanotune.profile.nvml import NvmlSampler
 from nanotune.profile.ops import GEMM_OPS, Shard, collectives, shard, shard_config
 from nanotune.profile.rig import BLOCK_SIZE, LayerRig, num_rotations
 from nanotune.profile.schema import PROFILE_FILE, SCHEMA
+from nanotune.profile.sustained import measure_sustained, sustained_layers
 from nanotune.profile.timing import Timer
 from nanotune.profile.view import Steps
 
@@ -142,7 +143,7 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "partial": True, "model": cfg.name, "tp": sh.tp,
                "quick": opts.quick, "grid": grid.name, "device": str(device), "shapes": sh.to_dict(), "gpu": gpu,
                "environment": environment(), "peaks": {}, "ops": {}, "interference": [], "micro_pair": None,
-               "launch": None,
+               "launch": None, "sustained": None,
                "collectives": collectives(sh), "errors": [], "notes": notes}
     timer = Timer(device, grid.warmup, grid.repeats)
     errors = profile["errors"]
@@ -172,6 +173,11 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
         steps.start("launch gaps", len(points))
         profile["launch"] = measure_launch(state["rig"], timer, l2_bytes, points, steps.advance)
 
+    def sustained():
+        layers = sustained_layers(grid)
+        steps.start("sustained load", len(layers))
+        profile["sustained"] = measure_sustained(state["rig"], timer, l2_bytes, layers, step=steps.advance)
+
     def micro():
         steps.start("micro pair", 1)
         profile["micro_pair"] = measure_micro_pair(state["rig"], timer, grid, l2_bytes)
@@ -181,7 +187,8 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
         try:
             ok = True
             for name, fn in (("peaks", peaks), ("build", build), ("ops", alone), ("interference", pairs),
-                             ("micro_pair", micro), ("launch", launch)):
+                             ("micro_pair", micro), ("launch", launch),
+                             ("sustained", sustained)):
                 if name not in ("peaks", "build") and "rig" not in state:
                     break  # nothing to measure on without the model
                 with nv.section(name):

@@ -40,6 +40,9 @@ Layout (JSON object; times in milliseconds; sm_budget null = the op's full grid 
         "graph_layer_ms", "graph_gap_ms"}], "method": str} | null (launch.py: the idle time per kernel of a
         decode-only layer launched eagerly and replayed as a CUDA graph; graph fields null off a GPU; optional:
         profiles written before it lack the key)
+  "sustained": {"points": [{"bound": "compute" | "memory", "ops", "points", "cold_layer_ms",
+        "sustained_layer_ms", "factor"}], "seconds", "method"} | null (sustained.py: a layer's time replayed back
+        to back for seconds against its short, cold timing; no points off a GPU; optional like "launch")
   "collectives": {} at tp 1, else {"all_reduce": {"after", "per_layer", "bytes_per_token", "ranks",
         "measured": false, "why"}}
   "nvml": {"available": bool, ...}  (nvml.summarize_samples); "throttled": bool (false when NVML was
@@ -173,6 +176,12 @@ def validate_profile(data, where: str = "profile") -> None:
             for k in ("eager_gap_ms", "graph_gap_ms"):
                 if not isinstance(p, dict) or not isinstance(p.get(k), (int, float, type(None))):
                     _fail(where, f"launch.points[{i}].{k}", "expected a number or null")
+    sustained = data.get("sustained")
+    if sustained is not None:
+        for i, p in enumerate(_need(sustained, "points", list, where, "sustained.points")):
+            if not isinstance(p, dict) or p.get("bound") not in ("compute", "memory"):
+                _fail(where, f"sustained.points[{i}].bound", "expected 'compute' or 'memory'")
+            _positive(p, "factor", where, f"sustained.points[{i}].factor")
     _need(data, "collectives", dict, where, "collectives")
     _need(data, "nvml", dict, where, "nvml")
     _need(data, "throttled", bool, where, "throttled")

@@ -28,12 +28,21 @@ def _launch_note(profile) -> str:
             f"{1e3 * gap:+.2f} us per kernel against its alone time, measured by the profile{eager}")
 
 
+def _sustained_note(profile) -> str:
+    pts = (profile.data.get("sustained") or {}).get("points", [])
+    if not pts:
+        return "sustained load: not measured by the profile; alone times taken as they are (boost clock)"
+    return ("sustained load: alone times scaled by the profile's measured factors, " +
+            ", ".join(f"{p['bound']}-bound x{p['factor']:.3f}" for p in pts))
+
+
 def model_notes(ctx, composition: str) -> list[str]:
     """The model's assumptions, written into every result so a reader knows what was and was not measured."""
     notes = [
         "interference: each measured pair's spans (both started together) are turned into each op's slowdown "
         "while overlapped; the simulation stretches ops only while they overlap",
         _launch_note(ctx.profile),
+        _sustained_note(ctx.profile),
         f"interference: pairs the profile did not measure (same ops or same kinds) take a slowdown of "
         f"{profiledata.DEFAULT_SLOWDOWN} each: overlap gains nothing over back to back (plain-stream pairs "
         f"measured about that on an H200); collectives {profiledata.DEFAULT_COMM_SLOWDOWN}",

@@ -14,6 +14,8 @@ What it simulates, as the executor (engine/pipeline.py) runs a plan:
 Under tensor parallelism an all-reduce follows each o_proj and down instance, either inline on the
 producer's stream or on a stream of its own that overlaps compute; the engine cannot run TP yet, so this
 part is a model of a choice recorded in the plan's meta, not of a measured run.
+Every alone time is scaled by the profile's sustained-load factor for its bound (compute or memory): a
+serving card runs at its power limit, the profile's short timings at boost clock.
 Launches: a CUDA-graph replay (the engine replays graphs for decode-only and captured mixed iterations)
 adds the profile's measured graph gap per kernel (about -1 us on an H200: back to back in a graph, kernels
 take a little less than the profile's repeats of one); an eager iteration (`graphs=False`) cannot start a
@@ -151,6 +153,7 @@ def build_nodes(plan: PipelinePlan, profile: Profile, batch: BatchShape, num_lay
     for inst, (a, b) in zip(plan.ops, rows, strict=True):
         point = instance_point(inst.op, a, b, batch) if a < b else {"tokens": 0}
         ms = profile.alone_ms(inst.op, point, inst.sm_budget)  # 0 when it has no rows of its kind
+        ms *= profile.sustained_factor(inst.op, point)  # the clock a busy card runs at
         base.append((inst.op, inst.stream, ms, point, inst.sm_budget))
     producers = [plan.producers(k) for k in range(k_ops)]
     prev = [plan.first_layer_deps(k) if plan.ops[k].op == "attn_norm" else [] for k in range(k_ops)]

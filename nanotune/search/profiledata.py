@@ -116,6 +116,34 @@ class Profile:
         p = min(pts, key=lambda q: q.get("batch", 0))
         return float(p["eager_layer_ms"]) / max(int(p.get("ops", 1)), 1)
 
+    def sustained_factor(self, op: str, point: dict) -> float:
+        """How much longer the op takes under sustained load than the profile timed it (the profile's
+        `sustained` section: a compute-bound and a memory-bound layer; 1 when not measured), by the bound
+        its point is under."""
+        factors = {p["bound"]: float(p["factor"]) for p in (self.data.get("sustained") or {}).get("points", [])}
+        if not factors:
+            return 1.0
+        return factors.get(self.bound(op, point), 1.0)
+
+    def bound(self, op: str, point: dict) -> str:
+        """"compute" or "memory": prefill attention is compute-bound and decode attention and the element-wise
+        ops memory-bound at every size the engine runs; a GEMM of t rows over an [n, k] weight is
+        compute-bound when its FLOPs at the bf16 peak take longer than its bytes at the copy bandwidth."""
+        kind = self.kind(op)
+        if op == "prefill_attn":
+            return "compute"
+        if kind != "gemm":
+            return "memory"
+        shape = self.data.get("ops", {}).get(op, {}).get("shape") or {}
+        n, k, t = float(shape.get("n", 0)), float(shape.get("k", 0)), float(point.get("tokens", 0))
+        if not (n and k and t):
+            return "memory"
+        tflops = float(self.peaks.get("bf16_tflops") or 700.0)
+        gb_s = float(self.peaks.get("copy_gb_s") or 3000.0)
+        flops_ms = 2 * t * n * k / (tflops * 1e9)
+        bytes_ms = 2 * (n * k + t * (n + k)) / (gb_s * 1e6)
+        return "compute" if flops_ms > bytes_ms else "memory"
+
     def kind(self, op: str) -> str:
         return self.data.get("ops", {}).get(op, {}).get("kind") or DEFAULT_KINDS.get(op, "memory")
 

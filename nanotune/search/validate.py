@@ -23,6 +23,7 @@ The headline is the mean absolute percentage error (MAPE) of each.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 
@@ -101,6 +102,20 @@ def _num_graphs(runner) -> int:
     return len(mixed.graphs) if mixed is not None else 0
 
 
+@contextlib.contextmanager
+def _nvml(device: str):
+    """NVML samples on a CUDA device (None elsewhere, or without NVML)."""
+    if not device.startswith("cuda"):
+        yield None
+        return
+    import torch
+
+    from nanotune.profile.nvml import NvmlSampler
+
+    with NvmlSampler(torch.device(device).index or 0) as nv:
+        yield nv if nv.available else None
+
+
 def _sync(torch) -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -128,9 +143,11 @@ def validate_plans(entries: list[tuple[str, PipelinePlan, int, int]], ctx, model
             if engine.runner.mixed_graphs is not None:  # capture each mixed bucket the first time (see above)
                 engine.runner.mixed_graphs.min_uses = 1
             warm = _run_trace(engine, lengths, seed + 1, time_every)  # compiles, captures; the op timings
-            run = _run_trace(engine, lengths, seed, 0)
+            with _nvml(device) as nv:  # the clocks the card ran at (the model scales by the sustained factors)
+                run = _run_trace(engine, lengths, seed, 0)
             row = _compare(label, plan, tokens, run, warm, ctx, total_tokens)
             row["max_num_seqs"] = seqs
+            row["nvml"] = nv.summary().get("overall") if nv is not None else None
             row["num_kv_blocks"] = engine.runner.cache_info.num_blocks
             rows.append(row)
             if gantt is None and warm["timed"]:  # the first entry is the best plan: keep a mid-run iteration
