@@ -187,6 +187,27 @@ def test_sustained_load_scales_each_op_by_the_factor_of_its_bound(tmp_path):
                ).layers_ms == pytest.approx(36)
 
 
+def test_graph_padding_follows_the_engines_buckets(tmp_path):
+    """Decode-only: the next of engine.graphs' sizes; mixed: engine.mixed_graphs' token rounding (64); too
+    large for a graph: as is. Padding rows cost in the token ops only, never in attention."""
+    from nanotune.search.perfmodel import graph_padded, instance_point
+
+    assert graph_padded(BatchShape(100, 500), 2048, 512).num_padding == 12  # bucket 112
+    assert graph_padded(BatchShape(100, 500, 900, 300), 2048, 512).num_padding == 24  # 1000 -> 1024 tokens
+    assert graph_padded(BatchShape(600, 500), 2048, 512).num_padding == 0  # more decodes than max seqs
+    assert graph_padded(BatchShape(100, 500, 3000, 300), 2048, 512).num_padding == 0  # beyond the dense batch
+    b = graph_padded(BatchShape(100, 500, 900, 300), 2048, 512)
+    assert b.num_tokens == 1024
+    assert instance_point("prefill_attn", 0, 1024, b)["tokens"] == 900
+    assert instance_point("decode_attn", 0, 1024, b)["batch"] == 100
+    assert instance_point("gate_up", 0, 1024, b)["tokens"] == 1024
+    p = toy_profile(tmp_path)  # linear toy ops: 12 padding rows on 100 add 12% to the token ops' time
+    padded = sim(PipelinePlan.sequential(), p, graph_padded(DECODE_ONLY, 2048, 512)).busy_ms()
+    plain = sim(PipelinePlan.sequential(), p, DECODE_ONLY).busy_ms()
+    assert padded["gate_up"] == pytest.approx(1.12 * plain["gate_up"])
+    assert padded["decode_attn"] == pytest.approx(plain["decode_attn"])
+
+
 def test_interpolation_loglog_and_extrapolation():
     pts = curve([(100, 1.0), (400, 2.0), (100, 3.0)])  # duplicate sizes average
     assert pts == [(100.0, 2.0), (400.0, 2.0)]

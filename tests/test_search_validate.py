@@ -31,6 +31,8 @@ def test_validate_plans_runs_the_engine_and_compares(tmp_path):
         # the measured pass times nothing per op: every iteration is compared whole
         assert r["num_compared_iterations"] == m["num_iterations"]
         assert m["gpu_s"] > 0 and m["host_s"] > 0 and m["wait_s"] >= 0 and 0 <= m["host_bound_steps"] <= 1
+        assert {"qkv", "decode_attn", "down"} <= set(r["op_timed_ms"])  # per-op spans beside the model's
+        assert all(v["measured"] > 0 for v in r["op_timed_ms"].values())
         assert m["graphs_captured"] == 0  # on CPU the mixed bucket layout runs eagerly, nothing is captured
         assert r["iteration_mape"] >= 0 and r["throughput_ape"] >= 0
     assert out["plans"][3]["max_num_seqs"] == 4

@@ -2,7 +2,8 @@
 
 Throughput is vLLM's total_token_throughput (prompt + output tokens per second) in the steady state the
 scheduler reaches with this dense batch, or over a replay of the finite trace (`composition="replay"`).
-TPOT is the predicted iteration time: every running decode sequence gets one token per iteration.
+TPOT is the predicted iteration time: every running decode sequence gets one token per iteration. Every
+iteration is predicted as the engine runs it by default: a CUDA-graph replay, its rows padded to the bucket.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from engine.plan import PipelinePlan
 from nanotune.profile.ops import Shard
 from nanotune.search.capacity import WorkloadStats, kv_capacity, steady_state
-from nanotune.search.perfmodel import BatchShape, predict
+from nanotune.search.perfmodel import BatchShape, graph_padded, predict
 from nanotune.search.profiledata import Profile
 from nanotune.search.replay import replay
 from nanotune.search.space import ENGINE_DEFAULT_MAX_NUM_SEQS, Infeasible, build_plan, suggest_params
@@ -82,7 +83,7 @@ def evaluate(ctx: SearchContext, plan: PipelinePlan, dense_batch_tokens: int, co
     if ctx.composition == "replay":
         return _evaluate_replay(ctx, plan, dense_batch_tokens, seqs, coll, cap)
     ss = steady_state(ctx.stats, dense_batch_tokens, seqs, cap.num_tokens, ctx.block_size)
-    pred = predict(plan, ctx.profile, ss.batch, coll)
+    pred = predict(plan, ctx.profile, graph_padded(ss.batch, dense_batch_tokens, seqs), coll)
     return Evaluation(plan, dense_batch_tokens, seqs, coll, ss.batch, ss.limit, pred.iteration_ms, pred.layers_ms,
                       ss.total_tokens_per_s(ctx.stats, pred.iteration_ms), cap.num_tokens, pred)
 
@@ -95,7 +96,7 @@ def _evaluate_replay(ctx, plan, tokens, seqs, coll, cap) -> Evaluation:
     rep, buckets = ctx._replays[key]
     total_ms, layers_ms, busiest, best_n = 0.0, 0.0, None, -1
     for batch, n in buckets:
-        pred = predict(plan, ctx.profile, batch, coll)
+        pred = predict(plan, ctx.profile, graph_padded(batch, tokens, seqs), coll)
         total_ms += n * pred.iteration_ms
         layers_ms += n * pred.layers_ms
         if n > best_n:

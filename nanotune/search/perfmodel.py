@@ -26,7 +26,7 @@ does not measure them), and L2 effects between neighbouring ops.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.plan import PipelinePlan
 from nanotune.search.profiledata import Profile
@@ -58,10 +58,11 @@ class BatchShape:
     num_prefill: float = 0.0
     prefill_context: float = 0.0  # mean KV length a prefill token attends (its position in the prompt)
     num_sampled: float | None = None  # rows whose next token is sampled; default: decode + one prefill seq
+    num_padding: float = 0.0  # rows a CUDA graph's bucket adds (after the prefill rows): token ops only
 
     @property
     def num_tokens(self) -> int:
-        return int(round(self.num_decode)) + int(round(self.num_prefill))
+        return int(round(self.num_decode)) + int(round(self.num_prefill)) + int(round(self.num_padding))
 
     @property
     def sampled(self) -> float:
@@ -106,12 +107,33 @@ class Prediction:
 def instance_point(op: str, a: int, b: int, batch: BatchShape) -> dict:
     """The size an instance over rows [a, b) works on: its decode rows for decode attention, its prefill
     rows for prefill attention, every row for the rest."""
-    nd = int(round(batch.num_decode))
+    nd, npf = int(round(batch.num_decode)), int(round(batch.num_prefill))
     if op == "decode_attn":
         return {"batch": max(0, min(b, nd) - a), "context": batch.decode_context}
     if op == "prefill_attn":
-        return {"tokens": max(0, b - max(a, nd)), "attended": batch.prefill_context}
+        return {"tokens": max(0, min(b, nd + npf) - max(a, nd)), "attended": batch.prefill_context}
     return {"tokens": max(0, b - a)}
+
+
+def graph_padded(batch: BatchShape, max_tokens: int, max_num_seqs: int) -> BatchShape:
+    """The batch as the engine's CUDA graph for it runs: its rows padded up to the graph's bucket
+    (engine.graphs for decode-only iterations, engine.mixed_graphs for mixed ones); unchanged when the
+    engine would run it eagerly (too large for a graph). Padding rows cost in the token ops (GEMMs,
+    norms); in attention they are empty (decode padding attends one token, prefill padding none)."""
+    from engine.graphs import buckets
+    from engine.mixed_graphs import bucket
+
+    nd, n = int(round(batch.num_decode)), int(round(batch.num_decode)) + int(round(batch.num_prefill))
+    max_decode = min(max_num_seqs, max_tokens)
+    if n == 0 or nd > max_decode:
+        return batch
+    if batch.num_prefill <= 0:
+        size = next(b for b in buckets(max_decode) if b >= nd)
+    elif n <= max_tokens:
+        size = bucket(nd, n, max_tokens)[0]
+    else:
+        return batch
+    return replace(batch, num_padding=float(size - n))
 
 
 def allreduce_ms(profile: Profile, tokens: int) -> float:

@@ -28,7 +28,7 @@ import gc
 import time
 
 from engine.plan import PipelinePlan
-from nanotune.search.perfmodel import predict
+from nanotune.search.perfmodel import graph_padded, predict
 from nanotune.search.replay import composition
 
 HOST_BOUND_WAIT_MS = 0.1  # a step that waited less than this on the GPU was paced by the host
@@ -145,7 +145,7 @@ def validate_plans(entries: list[tuple[str, PipelinePlan, int, int]], ctx, model
             warm = _run_trace(engine, lengths, seed + 1, time_every)  # compiles, captures; the op timings
             with _nvml(device) as nv:  # the clocks the card ran at (the model scales by the sustained factors)
                 run = _run_trace(engine, lengths, seed, 0)
-            row = _compare(label, plan, tokens, run, warm, ctx, total_tokens)
+            row = _compare(label, plan, tokens, seqs, run, warm, ctx, total_tokens)
             row["max_num_seqs"] = seqs
             row["nvml"] = nv.summary().get("overall") if nv is not None else None
             row["num_kv_blocks"] = engine.runner.cache_info.num_blocks
@@ -170,21 +170,28 @@ def validate_plans(entries: list[tuple[str, PipelinePlan, int, int]], ctx, model
             "profile_gpu": ctx.profile.gpu_name}
 
 
-def _compare(label, plan, tokens, run, warm, ctx, total_tokens) -> dict:
+def _compare(label, plan, tokens, seqs, run, warm, ctx, total_tokens) -> dict:
     cache: dict = {}
 
     def prediction(b, graphs=True):
+        if graphs:  # a replay runs the graph of the batch's bucket, padding rows and all
+            b = graph_padded(b, tokens, seqs)
         key = (round(b.num_decode), round(b.decode_context, -1), round(b.num_prefill), round(b.prefill_context, -1),
-               graphs)
+               round(b.num_padding), graphs)
         if key not in cache:
             cache[key] = predict(plan, ctx.profile, b, graphs=graphs)
         return cache[key]
 
-    op_errors = []
-    for idx, measured, _ in warm["timed"]:  # eager, synchronous: the eager launch gap applies
-        pred = prediction(warm["batches"][idx], graphs=False).layers_ms
-        op_errors.append({"iteration": idx, "measured_ms": measured, "predicted_ms": pred,
-                          "ape": abs(pred - measured) / measured})
+    op_errors, op_ms = [], {}
+    for idx, measured, timings in warm["timed"]:  # eager, synchronous: the host launches every kernel
+        pred = prediction(warm["batches"][idx], graphs=False)
+        op_errors.append({"iteration": idx, "measured_ms": measured, "predicted_ms": pred.layers_ms,
+                          "ape": abs(pred.layers_ms - measured) / measured})
+        for t in timings:  # each op's own span, summed over layers: where the model's error sits
+            op_ms.setdefault(t.op, [0.0, 0.0])[0] += t.end_ms - t.start_ms
+        for op, ms in pred.busy_ms().items():
+            op_ms.setdefault(op, [0.0, 0.0])[1] += ms
+    n_timed = max(len(warm["timed"]), 1)
     errors, pred_s = [], 0.0
     replayed = run["replayed"] + [True] * (len(run["batches"]) - len(run["replayed"]))
     for idx, (b, graph) in enumerate(zip(run["batches"], replayed, strict=False)):
@@ -213,4 +220,7 @@ def _compare(label, plan, tokens, run, warm, ctx, total_tokens) -> dict:
             "iteration_mape": mean("ape"), "throughput_ape": abs(predicted_tps - measured_tps) / measured_tps,
             "num_compared_iterations": len(errors),
             "iterations": errors[:: max(1, len(errors) // 200)],  # every k-th, at most ~200 kept in the JSON
-            "op_timed_mape": mean("ape", op_errors), "op_timed_iterations": op_errors}
+            "op_timed_mape": mean("ape", op_errors), "op_timed_iterations": op_errors,
+            # per op, mean ms per op-timed iteration (all layers): measured spans (CUDA events around each
+            # op; a kernel shorter than its host launch shows the launch) against the model's busy time
+            "op_timed_ms": {op: {"measured": m / n_timed, "predicted": p / n_timed} for op, (m, p) in op_ms.items()}}
