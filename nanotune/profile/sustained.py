@@ -43,11 +43,12 @@ def sustained_layers(grid) -> dict[str, list[tuple[str, dict]]]:
     return {"compute": compute, "memory": memory}
 
 
-def measure_sustained(rig: LayerRig, timer: Timer, l2_bytes: int, layers: dict, seconds: float = SUSTAIN_S,
+def measure_sustained(rig: LayerRig, timer: Timer, l2_bytes: int, layers: dict, seconds: float | None = None,
                       step=None) -> dict:
     """{"points": [{bound, ops, cold_layer_ms, sustained_layer_ms, factor}], "seconds", "method"}; no
     points off a GPU (nothing throttles a CPU's torch ops the same way, and there are no graphs)."""
     out = []
+    seconds = SUSTAIN_S if seconds is None else seconds
     if rig.device.type == "cuda":
         for bound, points in layers.items():
             fns = [runner_for(rig, op, pt, None, l2_bytes) for op, pt in points]
