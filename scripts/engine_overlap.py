@@ -7,7 +7,8 @@
 
 Every workload runs under every plan (same weights and KV cache, plan switched in place; plan names as
 engine.plan_library.resolve_plan takes them: names or plan JSON paths). A plan written NAME@eager-mixed runs
-its mixed prefill+decode steps eagerly (no mixed CUDA graphs), the engine as it was before them.
+its mixed prefill+decode steps eagerly (no mixed CUDA graphs), the engine as it was before them;
+NAME@min-uses-N captures a mixed bucket on its Nth use instead of engine.mixed_graphs.MIN_USES.
 The first plan is the baseline: each other plan's ratio is its total token throughput over the baseline's
 on the same trace in the same run.
 Every `--time-ops-every`th iteration is timed per op by CUDA events; for `--gantt-workload` the sampled
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine_throughput import make_trace, run_one  # noqa: E402  (the sibling script's helpers)
 
 EAGER_MIXED = "@eager-mixed"
+MIN_USES = "@min-uses-"
 DEFAULT_WORKLOADS = "c1024x512:600,c512x512:700,c512x1024:400,sharegpt:1000,lmsys:1500,splitwise:400"
 
 
@@ -99,7 +101,7 @@ def main() -> None:
                                     max_num_seqs=args.max_num_seqs, time_ops_every=args.time_ops_every))
     num_sms = engine.runner.num_sms or 132
     labels = args.plans.split(",")
-    plans = [resolve_plan(p.removesuffix(EAGER_MIXED), num_sms) for p in labels]
+    plans = [resolve_plan(p.removesuffix(EAGER_MIXED).split(MIN_USES)[0], num_sms) for p in labels]
     base = labels[0]
     out = {"schema": "nanotune.engine-overlap/1", "command": " ".join(sys.argv), "environment": environment(),
            "peak": peak.to_dict(), "model": engine.model_config.name, "baseline": base,
@@ -133,12 +135,15 @@ def main() -> None:
             engine.set_plan(plan)
             if label.endswith(EAGER_MIXED):
                 engine.runner.mixed_graphs = None
+            elif MIN_USES in label and engine.runner.mixed_graphs is not None:
+                engine.runner.mixed_graphs.min_uses = int(label.split(MIN_USES)[1])
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             r = run_one(engine, f"{name}-{label}", trace, peak, args.warmups, args.device)
             mixed = engine.runner.mixed_graphs
             r["mixed_graphs"] = None if mixed is None else {"captured": len(mixed.graphs),
-                                                            "replays": mixed.num_replays}
+                                                            "replays": mixed.num_replays,
+                                                            "min_uses": mixed.min_uses}
             r.pop("backend", None)
             runs["plans"][label] = r
             samples[label] = engine.op_profile.samples
