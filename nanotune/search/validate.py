@@ -14,10 +14,9 @@ one engine per dense-batch size), twice:
   replay, or eager): the iteration MAPE. The run's throughput is held against the prediction summed over
   the same iterations. Each step's host time and its wait on the GPU are kept too: a step that never waits
   was paced by the host, not the GPU.
-Mixed prefill+decode compositions rarely repeat within one finite trace, and the engine captures a mixed
-bucket on its second use; validation captures on the first instead, so the warm-up pass captures what the
-measured pass replays, as a long-running server would have captured its common buckets. The model
-predicts the engine in that state (graphs replayed); `bench` on a short trace replays fewer.
+The engine captures a mixed bucket's graph on its first use, so the warm-up pass captures what the measured
+pass replays, as a long-running server would have captured its common buckets. The model predicts the
+engine in that state (graphs replayed); `bench` on one pass of a trace also pays the captures.
 The headline is the mean absolute percentage error (MAPE) of each.
 """
 
@@ -140,8 +139,6 @@ def validate_plans(entries: list[tuple[str, PipelinePlan, int, int]], ctx, model
                                         gpu_memory_fraction=ctx.gpu_memory_fraction))
         for label, plan, _, _ in group:
             engine.set_plan(plan)
-            if engine.runner.mixed_graphs is not None:  # capture each mixed bucket the first time (see above)
-                engine.runner.mixed_graphs.min_uses = 1
             warm = _run_trace(engine, lengths, seed + 1, time_every)  # compiles, captures; the op timings
             with _nvml(device) as nv:  # the clocks the card ran at (the model scales by the sustained factors)
                 run = _run_trace(engine, lengths, seed, 0)
