@@ -87,20 +87,26 @@ class MixedGraphs:
             fb.prefill[(a, b)] = PrefillMeta(lo, max(lo, b), cu, lens, bt, max(b - lo, 0))
         return fb
 
-    def _capture(self, key: tuple[int, int], fb: ForwardBatch) -> None:
-        """Capture the bucket's forward on a side stream, without torch.cuda.graph's device sync, gc and
-        cache flush (the iteration before may still run: capturing executes nothing). The step that
-        triggers it has just run eagerly in the same layout, which compiled and picked every kernel."""
+    def _run_and_capture(self, key: tuple[int, int], fb: ForwardBatch) -> None:
+        """Run the step eagerly in the bucket's layout, then capture the same forward, both on the capture
+        stream: the eager run compiles and picks every kernel, and does whatever a library sets up lazily
+        per stream (cuBLASLt under an SM carveout failed its first capture on a stream it had not run on).
+        No torch.cuda.graph: its device sync, gc and cache flush would stall the async pipeline, and
+        capturing executes nothing while the iteration before may still run."""
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
             self.stream = torch.cuda.Stream(device=self.runner.device)
+        main = torch.cuda.current_stream(self.runner.device)
+        self.stream.wait_stream(main)  # the inputs were uploaded on the main stream
         g = torch.cuda.CUDAGraph()
         with torch.cuda.stream(self.stream):
+            self.runner.executor.forward(fb)
             g.capture_begin(pool=self.pool)
             try:
                 self.runner.executor.forward(fb)
             finally:
                 g.capture_end()
+        main.wait_stream(self.stream)  # the logits read what the eager run wrote
         self.graphs[key] = g
 
     def run(self, batch: ScheduledBatch, prev=None) -> torch.Tensor | None:
@@ -134,9 +140,9 @@ class MixedGraphs:
         if self.replayed:
             self.graphs[key].replay()
             self.num_replays += 1
-        else:  # this step eagerly in the bucket's layout (on CPU always: tests), then capture
+        elif self.use_graphs:  # this step eagerly in the bucket's layout, then capture
+            self._run_and_capture(key, fb)
+        else:  # CPU (tests): the bucket's layout, eagerly
             self.runner.executor.forward(fb)
-            if self.use_graphs:
-                self._capture(key, fb)
         fb = dataclasses.replace(fb, logits_rows=d64[3 * t : 3 * t + nl])
         return self.runner.model.logits(fb)
