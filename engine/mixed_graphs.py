@@ -17,6 +17,7 @@ host-to-device copy per dtype. Logits run eagerly after the replay: their row co
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -65,6 +66,7 @@ class MixedGraphs:
         self.num_runs = 0  # steps run in a bucket's layout (replayed, or eager before a capture / on CPU)
         self.num_replays = 0
         self.replayed = False  # whether the last run() replayed a graph
+        self.capture_error = None  # why a capture failed (then every later mixed step runs eagerly)
         self.pool = None
 
     def _forward_batch(self, key: tuple[int, int]) -> ForwardBatch:
@@ -101,17 +103,25 @@ class MixedGraphs:
         g = torch.cuda.CUDAGraph()
         with torch.cuda.stream(self.stream):
             self.runner.executor.forward(fb)
-            g.capture_begin(pool=self.pool)
             try:
-                self.runner.executor.forward(fb)
-            finally:
-                g.capture_end()
+                g.capture_begin(pool=self.pool)
+                try:
+                    self.runner.executor.forward(fb)
+                finally:
+                    g.capture_end()
+            except RuntimeError as e:  # the step's eager run stands; later mixed steps run eagerly
+                self.capture_error = f"{type(e).__name__}: {e}"[:300]
+                warnings.warn(f"mixed CUDA graph capture failed, mixed steps run eagerly: {self.capture_error}",
+                              stacklevel=2)
+                g = None
         main.wait_stream(self.stream)  # the logits read what the eager run wrote
-        self.graphs[key] = g
+        if g is not None:
+            self.graphs[key] = g
 
     def run(self, batch: ScheduledBatch, prev=None) -> torch.Tensor | None:
         """Replay (capturing first if due) and return the logits; None: run this batch eagerly."""
-        if batch.is_decode_only or batch.num_tokens > self.max_tokens or batch.num_decode > self.max_decode:
+        if (batch.is_decode_only or batch.num_tokens > self.max_tokens or batch.num_decode > self.max_decode
+                or self.capture_error):
             return None
         key = bucket(batch.num_decode, batch.num_tokens, self.max_tokens)
         self.uses[key] += 1
