@@ -91,10 +91,12 @@ class MixedGraphs:
 
     def _run_and_capture(self, key: tuple[int, int], fb: ForwardBatch) -> None:
         """Run the step eagerly in the bucket's layout, then capture the same forward, both on the capture
-        stream: the eager run compiles and picks every kernel, and does whatever a library sets up lazily
-        per stream (cuBLASLt under an SM carveout failed its first capture on a stream it had not run on).
-        No torch.cuda.graph: its device sync, gc and cache flush would stall the async pipeline, and
-        capturing executes nothing while the iteration before may still run."""
+        stream: the eager run compiles and picks every kernel, and whatever a library sets up lazily per
+        stream happens outside the capture. No torch.cuda.graph: its device sync, gc and cache flush would
+        stall the async pipeline, and capturing executes nothing while the iteration before may still run.
+        A capture that fails leaves the step's eager result standing and turns mixed graphs off for this
+        engine: seen on an H200 for nb2-cublas-sm44 when another engine in the same process had captured
+        a two-stream plan before (cudaErrorStreamCaptureInvalidated; cause not found)."""
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
             self.stream = torch.cuda.Stream(device=self.runner.device)
