@@ -102,10 +102,10 @@ def save_gantt(run_dir: Path, best_eval, profile, validation: dict | None) -> Pa
     measured = (validation or {}).get("gantt_measured")
     if measured:  # the measured iteration next to the prediction for that same batch
         b = BatchShape(**measured["batch"])
-        pred = predict(best_eval.plan, profile, b)
+        pred = predict(best_eval.plan, profile, b, graphs=False)  # the measured one ran eagerly, op by op
         panels = [(f"predicted for the measured iteration's batch ({b.num_tokens} tokens, "
-                   f"{b.num_decode:.0f} decode)", bars_from_prediction(pred)),
-                  (f"measured (CUDA events, iteration {measured['iteration']})",
+                   f"{b.num_decode:.0f} decode), launched eagerly", bars_from_prediction(pred)),
+                  (f"measured (CUDA events around each op, eager, iteration {measured['iteration']})",
                    bars_from_timings(measured["timings"]))]
     names = [f"stream {i}" for i in range(best_eval.plan.num_streams)] + ["collectives"]
     return gantt(run_dir / "gantt.png", panels, f"{best_eval.plan.name} on {profile.gpu_name}", names)

@@ -147,8 +147,10 @@ def validate_plans(entries: list[tuple[str, PipelinePlan, int, int]], ctx, model
             row["nvml"] = nv.summary().get("overall") if nv is not None else None
             row["num_kv_blocks"] = engine.runner.cache_info.num_blocks
             rows.append(row)
-            if gantt is None and warm["timed"]:  # the first entry is the best plan: keep a mid-run iteration
-                idx, _, timings = warm["timed"][len(warm["timed"]) // 2]
+            if gantt is None and warm["timed"]:  # the first entry is the best plan: draw its largest
+                # op-timed iteration of the warm-up's second half (past the compiles; large: GPU-bound)
+                late = warm["timed"][len(warm["timed"]) // 2:]
+                idx, _, timings = max(late, key=lambda x: warm["batches"][x[0]].num_tokens)
                 gantt = {"plan": label, "iteration": idx, "batch": vars(warm["batches"][idx]),
                          "timings": [vars(t) for t in timings]}
             log(f"validated {label}: measured {row['measured']['total_token_throughput']:,.0f} tok/s, "
