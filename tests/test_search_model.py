@@ -169,13 +169,18 @@ def test_eager_iterations_wait_for_the_host_to_launch_each_kernel(tmp_path):
 
 
 def test_sustained_load_scales_each_op_by_the_factor_of_its_bound(tmp_path):
-    """A profile's sustained section: memory-bound ops (the toy's element-wise ops, decode attention, and
-    GEMMs too small to be compute-bound) by the memory factor, compute-bound ones by the compute factor."""
+    """A profile's sustained section: each layer's sustained time over the sum of its ops alone is the
+    factor of its bound; memory-bound ops (the toy's element-wise ops, decode attention, and GEMMs too small
+    to be compute-bound) take the memory factor, compute-bound ones the compute factor."""
     d = toy_profile_dict()
     d["peaks"] = {"bf16_tflops": 800.0, "copy_gb_s": 4000.0}
     d["ops"]["gate_up"]["shape"] = {"n": 28672, "k": 4096}  # ridge: about 200 rows at these peaks
-    d["sustained"] = {"points": [{"bound": "compute", "factor": 1.2}, {"bound": "memory", "factor": 1.05}]}
+    # a busy card: 1,000 rows of gate_up (40 ms alone, linear toy) took 48 ms; 100 rows of attn_norm 1.05
+    d["sustained"] = {"points": [
+        {"bound": "compute", "ops": ["gate_up"], "points": [{"tokens": 1000}], "sustained_layer_ms": 48.0},
+        {"bound": "memory", "ops": ["attn_norm"], "points": [{"tokens": 100}], "sustained_layer_ms": 1.05}]}
     p = load_profile(write(tmp_path, d))
+    assert p.sustained_factors() == pytest.approx({"compute": 1.2, "memory": 1.05})
     assert p.bound("gate_up", {"tokens": 64}) == "memory" and p.bound("gate_up", {"tokens": 1024}) == "compute"
     assert p.bound("decode_attn", {"batch": 512, "context": 4096}) == "memory"
     assert p.bound("prefill_attn", {"tokens": 16}) == "compute"

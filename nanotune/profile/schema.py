@@ -41,8 +41,9 @@ Layout (JSON object; times in milliseconds; sm_budget null = the op's full grid 
         decode-only layer launched eagerly and replayed as a CUDA graph; graph fields null off a GPU; optional:
         profiles written before it lack the key)
   "sustained": {"points": [{"bound": "compute" | "memory", "ops", "points", "cold_layer_ms",
-        "sustained_layer_ms", "factor"}], "seconds", "method"} | null (sustained.py: a layer's time replayed back
-        to back for seconds against its short, cold timing; no points off a GPU; optional like "launch")
+        "sustained_layer_ms", "vs_cold" (older profiles: "factor", the same ratio)}], "seconds", "method"} |
+        null (sustained.py: a layer replayed back to back for seconds; the model holds it against the sum of
+        its ops' alone times; no points off a GPU; optional like "launch")
   "collectives": {} at tp 1, else {"all_reduce": {"after", "per_layer", "bytes_per_token", "ranks",
         "measured": false, "why"}}
   "nvml": {"available": bool, ...}  (nvml.summarize_samples); "throttled": bool (false when NVML was
@@ -181,7 +182,9 @@ def validate_profile(data, where: str = "profile") -> None:
         for i, p in enumerate(_need(sustained, "points", list, where, "sustained.points")):
             if not isinstance(p, dict) or p.get("bound") not in ("compute", "memory"):
                 _fail(where, f"sustained.points[{i}].bound", "expected 'compute' or 'memory'")
-            _positive(p, "factor", where, f"sustained.points[{i}].factor")
+            _positive(p, "sustained_layer_ms", where, f"sustained.points[{i}].sustained_layer_ms")
+            if len(p.get("ops") or []) != len(p.get("points") or []):
+                _fail(where, f"sustained.points[{i}].points", "expected one input point per op")
     _need(data, "collectives", dict, where, "collectives")
     _need(data, "nvml", dict, where, "nvml")
     _need(data, "throttled", bool, where, "throttled")

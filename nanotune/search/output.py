@@ -32,8 +32,9 @@ def _sustained_note(profile) -> str:
     pts = (profile.data.get("sustained") or {}).get("points", [])
     if not pts:
         return "sustained load: not measured by the profile; alone times taken as they are (boost clock)"
-    return ("sustained load: alone times scaled by the profile's measured factors, " +
-            ", ".join(f"{p['bound']}-bound x{p['factor']:.3f}" for p in pts))
+    return ("sustained load: alone times scaled by the profile's busy-card factors (a layer replayed for "
+            "seconds against the sum of its ops alone), " +
+            ", ".join(f"{b}-bound x{f:.3f}" for b, f in sorted(profile.sustained_factors().items())))
 
 
 def model_notes(ctx, composition: str) -> list[str]:

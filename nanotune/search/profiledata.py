@@ -117,13 +117,24 @@ class Profile:
         return float(p["eager_layer_ms"]) / max(int(p.get("ops", 1)), 1)
 
     def sustained_factor(self, op: str, point: dict) -> float:
-        """How much longer the op takes under sustained load than the profile timed it (the profile's
-        `sustained` section: a compute-bound and a memory-bound layer; 1 when not measured), by the bound
-        its point is under."""
-        factors = {p["bound"]: float(p["factor"]) for p in (self.data.get("sustained") or {}).get("points", [])}
-        if not factors:
-            return 1.0
-        return factors.get(self.bound(op, point), 1.0)
+        """How much longer the op takes in a busy serving run than the profile timed it alone: the factor of
+        the bound its point is under (sustained_factors), 1 when not measured."""
+        return self.sustained_factors().get(self.bound(op, point), 1.0)
+
+    def sustained_factors(self) -> dict[str, float]:
+        """{"compute" | "memory": factor} from the profile's `sustained` section: each measured layer's time
+        replayed back to back for seconds, less its graph gaps, over the sum of its ops' alone times as this
+        profile interpolates them. The alone times are short bursts at boost clock; a card kept busy runs
+        at its power limit's clock."""
+        if "_sustained" not in self._curves:
+            gap = self.launch_gap_ms("graph") or 0.0
+            factors = {}
+            for p in (self.data.get("sustained") or {}).get("points", []):
+                alone = sum(self.alone_ms(o, pt) for o, pt in zip(p["ops"], p["points"], strict=True))
+                if alone > 0:
+                    factors[p["bound"]] = (float(p["sustained_layer_ms"]) - len(p["ops"]) * gap) / alone
+            self._curves["_sustained"] = factors
+        return self._curves["_sustained"]
 
     def bound(self, op: str, point: dict) -> str:
         """"compute" or "memory": prefill attention is compute-bound and decode attention and the element-wise
