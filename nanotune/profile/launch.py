@@ -40,6 +40,15 @@ def layer_points(batch: int, context: int) -> list[tuple[str, dict]]:
             for op in LAYER_OPS if op != "prefill_attn"]
 
 
+def chain(fns):
+    """One call that runs each timed op fn(i) in turn: a layer, on copy i of every op's inputs."""
+    def layer(i: int) -> None:
+        for f in fns:
+            f(i)
+
+    return layer
+
+
 def measure_launch(rig: LayerRig, timer: Timer, l2_bytes: int, points, step=None) -> dict:
     """{"points": [{batch, context, ops, sum_alone_ms, eager_layer_ms, eager_gap_ms, graph_layer_ms,
     graph_gap_ms}], "method"}; the graph fields are None off a GPU (no CUDA graphs there)."""
@@ -47,11 +56,7 @@ def measure_launch(rig: LayerRig, timer: Timer, l2_bytes: int, points, step=None
     for batch, context in points:
         fns = [runner_for(rig, op, pt, None, l2_bytes) for op, pt in layer_points(batch, context)]
         alone = sum(timer.time(f).ms for f in fns)
-
-        def layer(i: int, fns=fns) -> None:
-            for f in fns:
-                f(i)
-
+        layer = chain(fns)
         eager = _eager_layer_ms(rig.device, layer)
         graph = _graph_layer_ms(rig.device, timer, layer) if rig.device.type == "cuda" else None
         n = len(fns)

@@ -23,7 +23,7 @@ import time
 import torch
 
 from engine.plan import LAYER_OPS
-from nanotune.profile.launch import GRAPH_LAYERS, capture_layers
+from nanotune.profile.launch import GRAPH_LAYERS, capture_layers, chain
 from nanotune.profile.measure import prefill_point, runner_for
 from nanotune.profile.rig import LayerRig
 from nanotune.profile.timing import Timer
@@ -54,12 +54,7 @@ def measure_sustained(rig: LayerRig, timer: Timer, l2_bytes: int, layers: dict, 
     seconds = SUSTAIN_S if seconds is None else seconds
     if rig.device.type == "cuda":
         for bound, points in layers.items():
-            fns = [runner_for(rig, op, pt, None, l2_bytes) for op, pt in points]
-
-            def layer(i: int, fns=fns) -> None:
-                for f in fns:
-                    f(i)
-
+            layer = chain([runner_for(rig, op, pt, None, l2_bytes) for op, pt in points])
             g = capture_layers(rig.device, layer, GRAPH_LAYERS)
             cold = timer.time(lambda i, g=g: g.replay()).ms
             hot = _sustained_ms(g, cold, seconds)
