@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanotune.errors import UserError
+from nanotune.profile.ops import gemm_cost
 from nanotune.search.interp import curve, interp_budget, interp_loglog
 
 SCHEMA = "nanotune.profile/1"
@@ -70,6 +71,7 @@ class Profile:
     path: str = ""
     _curves: dict = field(default_factory=dict, repr=False)
     _slow: dict = field(default_factory=dict, repr=False)
+    _sustained: dict | None = field(default=None, repr=False)  # bound -> factor, computed once
 
     # ---- identity ---------------------------------------------------------------------------------------
     @property
@@ -126,15 +128,14 @@ class Profile:
         replayed back to back for seconds, less its graph gaps, over the sum of its ops' alone times as this
         profile interpolates them. The alone times are short bursts at boost clock; a card kept busy runs
         at its power limit's clock."""
-        if "_sustained" not in self._curves:
+        if self._sustained is None:
             gap = self.launch_gap_ms("graph") or 0.0
-            factors = {}
+            self._sustained = {}
             for p in (self.data.get("sustained") or {}).get("points", []):
                 alone = sum(self.alone_ms(o, pt) for o, pt in zip(p["ops"], p["points"], strict=True))
                 if alone > 0:
-                    factors[p["bound"]] = (float(p["sustained_layer_ms"]) - len(p["ops"]) * gap) / alone
-            self._curves["_sustained"] = factors
-        return self._curves["_sustained"]
+                    self._sustained[p["bound"]] = (float(p["sustained_layer_ms"]) - len(p["ops"]) * gap) / alone
+        return self._sustained
 
     def bound(self, op: str, point: dict) -> str:
         """"compute" or "memory": prefill attention is compute-bound and decode attention and the element-wise
@@ -146,14 +147,13 @@ class Profile:
         if kind != "gemm":
             return "memory"
         shape = self.data.get("ops", {}).get(op, {}).get("shape") or {}
-        n, k, t = float(shape.get("n", 0)), float(shape.get("k", 0)), float(point.get("tokens", 0))
+        n, k, t = int(shape.get("n", 0)), int(shape.get("k", 0)), int(point.get("tokens", 0))
         if not (n and k and t):
             return "memory"
+        flops, nbytes = gemm_cost(t, n, k)  # the profile's own cost of a GEMM point (bf16)
         tflops = float(self.peaks.get("bf16_tflops") or 700.0)
         gb_s = float(self.peaks.get("copy_gb_s") or 3000.0)
-        flops_ms = 2 * t * n * k / (tflops * 1e9)
-        bytes_ms = 2 * (n * k + t * (n + k)) / (gb_s * 1e6)
-        return "compute" if flops_ms > bytes_ms else "memory"
+        return "compute" if flops / (tflops * 1e9) > nbytes / (gb_s * 1e6) else "memory"
 
     def kind(self, op: str) -> str:
         return self.data.get("ops", {}).get(op, {}).get("kind") or DEFAULT_KINDS.get(op, "memory")
