@@ -162,3 +162,12 @@ def efficiency_metrics(total_token_throughput: float | None, bound: dict | None)
     return {"bound_total_token_throughput": b,
             "efficiency_vs_bound": total_token_throughput / b if b and total_token_throughput is not None
             else None}
+
+
+def bound_or_why(profile: dict, where: str, s: Shard, lengths: list[tuple[int, int]],
+                 kv_dtype_bytes: int = 2) -> dict:
+    """bound_block of the workload on the profile's card, or {"why": one line} when there is none."""
+    try:
+        return bound_block(workload_work(lengths), s, rates_from_profile(profile, where), kv_dtype_bytes)
+    except BoundUnavailable as e:
+        return {"why": str(e)}
