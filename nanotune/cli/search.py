@@ -96,8 +96,10 @@ def _table(result: dict):
     bound = result.get("bound") or {}
     if bound.get("bound_total_token_throughput"):
         b = bound["bound_total_token_throughput"]
-        captions.append(f"power-aware bound {b:,.0f} tok/s (sequential {bound['bound_sequential_total_token_throughput']:,.0f}"
-                        f"); tuned predicted at {result['best']['total_token_throughput'] / b:.0%} of it")
+        seq_b = bound["bound_sequential_total_token_throughput"]
+        share = result["best"]["total_token_throughput"] / b
+        captions.append(f"power-aware bound {b:,.0f} tok/s (sequential {seq_b:,.0f}); tuned predicted at "
+                        f"{share:.0%} of it")
     elif bound.get("why"):
         captions.append(f"no power-aware bound: {bound['why']}")
     t.caption = "\n".join(captions) or None
