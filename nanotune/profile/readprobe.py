@@ -27,7 +27,7 @@ def _read_ptr(x_ptr, out_ptr, num_tiles, ROWS: tl.constexpr, COLS: tl.constexpr,
     c = tl.arange(0, COLS)
     acc = tl.zeros([ROWS, COLS], tl.float32)
     for t in tl.range(pid, num_tiles, tl.num_programs(0), num_stages=STAGES):
-        row = (t * ROWS + r).to(tl.int64)  # int64 before the multiply: a buffer of 2^31 elements or more stays addressable
+        row = (t * ROWS + r).to(tl.int64)  # int64: a buffer of 2^31 elements or more stays addressable
         acc += tl.load(x_ptr + row[:, None] * COLS + c[None, :]).to(tl.float32)
     tl.store(out_ptr + pid * COLS + c, tl.sum(acc, 0))
 
