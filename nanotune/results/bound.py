@@ -98,7 +98,7 @@ def rates_from_profile(profile: dict, where: str = "profile") -> Rates:
     """Rates from a profile dict's `power` section (nanotune.profile.power); BoundUnavailable says why not."""
     power = profile.get("power")
     if not power:
-        raise BoundUnavailable(f"{where} has no power section (measure one: `nanotune profile --quick`)")
+        raise BoundUnavailable(f"{where} has no power section (measure one: `nanotune profile --quick --power-only`)")
     gemm = (power.get("gemm") or {}).get("tflops")
     reads = [r["gb_s"] for r in power.get("read") or [] if r.get("gb_s")]
     if not gemm or not reads:

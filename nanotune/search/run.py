@@ -187,7 +187,16 @@ def _bound(ctx: SearchContext, wl) -> dict:
     from nanotune.results.bound import bound_or_why
 
     s = Shard.of(ctx.profile.data["shapes"], ctx.profile.model, ctx.tp)
-    return bound_or_why(ctx.profile.data, ctx.profile.path or "profile", s, wl.lengths)
+    data, where = ctx.profile.data, ctx.profile.path or "profile"
+    if not data.get("power"):  # the card's rates may sit in another reference profile of the same GPU
+        import json
+
+        from nanotune.bench.bound import find_power_profile
+
+        found = find_power_profile(ctx.profile.gpu_name, ctx.profile.model)
+        if found is not None:
+            data, where = {**data, "power": json.loads(found.read_text())["power"]}, str(found)
+    return bound_or_why(data, where, s, wl.lengths)
 
 
 def _validate(cfg: SearchConfig, ctx: SearchContext, info: dict, ranked: list, best, log) -> dict | None:
