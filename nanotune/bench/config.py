@@ -37,6 +37,8 @@ class BenchConfig:
     peak_tflops: float | None = None  # given instead of measured
     vocab_size: int | None = None  # endpoint: range of the random prompt ids (default: the preset's)
     num_params: float | None = None  # endpoint: parameters per GPU, for the optimum (default: the preset's)
+    profile: str | None = None  # the power-aware bound's profile (default: the reference of --gpu / this GPU)
+    gpu: str | None = None  # whose reference profile bounds the run (an endpoint's GPU)
 
     def __post_init__(self):
         if self.engine not in ENGINES:

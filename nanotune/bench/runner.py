@@ -17,6 +17,7 @@ from nanotune.bench.driver import Progress, drive
 from nanotune.bench.metrics import compute_metrics
 from nanotune.bench.requests import build_requests, warmup_requests
 from nanotune.bench.stats import aggregate_runs
+from nanotune.results.bound import efficiency_metrics
 from nanotune.results.peak import PeakFlops
 
 SCHEMA = "nanotune.bench/1"
@@ -29,6 +30,10 @@ DEFINITIONS = {
     "normalized_latency_ms": "NanoFlow: mean over requests of e2e latency / output tokens",
     "optimal_total_token_throughput": "NanoFlow Eq. 5: peak FLOP/s / (2 * parameters per GPU)",
     "efficiency": "total_token_throughput / optimal_total_token_throughput",
+    "bound_total_token_throughput": "the power-aware bound (nanotune.results.bound): the completed requests' "
+                                    "GEMM FLOPs at the sustained GEMM rate and KV + element-wise bytes at the "
+                                    "sustained HBM read rate, overlapped by at most the measured concurrency",
+    "efficiency_vs_bound": "total_token_throughput / bound_total_token_throughput",
     "steady": "window from the first to the last time the decoding count is >= 90% of its time-weighted "
               "median; prompt tokens counted at first token; null if under 5% of the run",
     "request_goodput": "completed requests within every --goodput SLO per second (vLLM)",
@@ -60,7 +65,8 @@ def best_rate(points: list[dict], slos: dict, attainment: float) -> float | None
 
 def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
               on_progress: Callable[[Progress], None] | None = None,
-              on_phase: Callable[[str], None] | None = None) -> BenchOutcome:
+              on_phase: Callable[[str], None] | None = None, bound=None) -> BenchOutcome:
+    """`bound`: a bench.bound.BoundSetup (None: no bound figures)."""
     on_phase = on_phase or (lambda name: None)
     flops = peak.flops if peak else None
     build = lambda mode, rate: build_requests(trace, mode, backend.vocab_size, cfg.seed, rate, cfg.burstiness,
@@ -89,8 +95,11 @@ def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
             on_phase(f"{what}, run {rep + 1}/{cfg.repeat}" if cfg.repeat > 1 else what)
             ph = drive(backend, requests, cfg.max_concurrency, on_progress)
             metrics = compute_metrics(ph.records, ph.duration, backend.num_params, flops, cfg.slos)
+            block = bound.block([(r.prompt_len, r.output_len) for r in ph.records
+                                 if r.is_ok and r.output_len > 0]) if bound else None
+            metrics.update(efficiency_metrics(metrics["total_token_throughput"], block))
             runs.append({"repeat": rep, "partial": ph.is_partial, "error": ph.error, "metrics": metrics,
-                         "backend": backend.phase_stats()})
+                         "backend": backend.phase_stats(), "bound": block})
             rows += [{"request_rate": rate, "repeat": rep, **r.to_row()} for r in ph.records]
             if ph.is_partial:
                 is_partial, is_interrupted, error = True, ph.is_interrupted, ph.error
@@ -118,5 +127,6 @@ def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
         "metrics_ci95": headline["metrics_ci95"] if headline else None,
         "request_rate": headline["request_rate"] if headline else None,
         "points": points, "sweep": sweep, "definitions": DEFINITIONS,
+        "bound": bound.describe() if bound else {"why": "not computed"},  # each run's own: points[].runs[].bound
     }
     return BenchOutcome(result=result, rows=rows)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from nanotune.bench.backends.base import Backend
+from nanotune.bench.bound import bound_setup
 from nanotune.bench.config import BenchConfig
 from nanotune.bench.output import write_bench_run
 from nanotune.bench.runner import run_bench
@@ -60,6 +61,15 @@ def measure_peak(cfg: BenchConfig) -> PeakFlops | None:
 
         return peak_flops("cuda") if torch.cuda.is_available() else None
     return peak_flops(cfg.device)
+
+
+def local_gpu_name(cfg: BenchConfig) -> str | None:
+    """The GPU an in-process engine runs on (its reference profile bounds the run), None on CPU."""
+    if cfg.engine == "endpoint" or not str(cfg.device).startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(cfg.device)) if torch.cuda.is_available() else None
 
 
 def make_backend(cfg: BenchConfig, lengths: list[tuple[int, int]]) -> Backend:
@@ -127,8 +137,9 @@ def bench(cfg: BenchConfig, results_dir: str | None = None, progress: bool = Tru
     owns_backend = backend is None
     backend = backend or make_backend(cfg, lengths)
     try:
+        bound = bound_setup(cfg, backend.describe(), local_gpu_name(cfg))
         with LiveView(err_console, progress) as view:
-            outcome = run_bench(cfg, trace, backend, peak, view.update, view.phase)
+            outcome = run_bench(cfg, trace, backend, peak, view.update, view.phase, bound=bound)
     finally:
         if owns_backend:
             backend.close()

@@ -75,6 +75,8 @@ _ROWS = [
     ("Steady-state total (tok/s)", "steady_total_token_throughput", ",.1f"),
     ("Optimal total (tok/s)", "optimal_total_token_throughput", ",.1f"),
     ("Efficiency (of optimal)", "efficiency", ".2%"), ("Steady-state efficiency", "steady_efficiency", ".2%"),
+    ("Power-aware bound (tok/s)", "bound_total_token_throughput", ",.1f"),
+    ("Efficiency vs bound", "efficiency_vs_bound", ".2%"),
     ("Normalized latency (ms/token)", "normalized_latency_ms", ",.2f"),
 ]
 _LATENCIES = [("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E latency", "e2el_ms")]
@@ -99,6 +101,9 @@ def summary_table(result: dict) -> Table:
         if ci.get(key) is not None:
             cell += f" ± {_fmt(ci[key], spec.replace('d', '.1f'))}"
         t.add_row(label, cell)
+    why = (result.get("bound") or {}).get("why")
+    if why and m.get("bound_total_token_throughput") is None:
+        t.add_row("Power-aware bound", f"none: {why}")
     for label, key in _LATENCIES:
         t.add_row(f"{label} mean / median / p99 (ms)",
                   " / ".join(_fmt(m.get(f"{s}_{key}"), ",.2f") for s in ("mean", "median", "p99")))

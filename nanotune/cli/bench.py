@@ -79,6 +79,10 @@ def _has_gpu() -> bool:
 @click.option("--results-dir", type=click.Path(file_okay=False), envvar="NANOTUNE_RESULTS",
               help="Where run directories go [default: ./results; env NANOTUNE_RESULTS].")
 @click.option("--no-progress", is_flag=True, help="No live view.")
+@click.option("--profile", "bound_profile", type=click.Path(dir_okay=False),
+              help="Profile with a power section for the power-aware bound [default: the committed reference "
+                   "profile of --gpu or of this GPU, results/reference/<gpu>/].")
+@click.option("--gpu", help="GPU whose reference profile bounds the run (an endpoint's GPU, e.g. h200).")
 def command(**o):
     """Replay a trace and report throughput, latency and % of optimal (vLLM bench serve's metric names)."""
     from nanotune.bench.config import BenchConfig
@@ -113,7 +117,7 @@ def command(**o):
             engine=engine, model=model, device=device, dtype=o["dtype"], plan=o["plan"],
             max_num_batched_tokens=o["max_num_batched_tokens"], max_num_seqs=o["max_num_seqs"],
             endpoint=o["endpoint"], hf_attn=o["hf_attn"], peak_tflops=o["peak_tflops"],
-            vocab_size=o["vocab_size"], num_params=o["num_params"])
+            vocab_size=o["vocab_size"], num_params=o["num_params"], profile=o["bound_profile"], gpu=o["gpu"])
     except ValueError as e:
         raise UserError(str(e)) from None
     if cfg.sweep_rates and cfg.request_rate is not None:

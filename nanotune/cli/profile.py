@@ -48,7 +48,9 @@ def _device(name: str) -> str:
               help="Where run directories go [default: ./results; env NANOTUNE_RESULTS].")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def command(model, tp, quick, device, out, results_dir, no_plots, no_progress):
+@click.option("--power-only", is_flag=True, help="Measure only the peaks and the power-aware limits (sustained "
+                                                 "GEMM, HBM reads over SM budgets, the two together).")
+def command(model, tp, quick, device, out, results_dir, no_plots, no_progress, power_only):
     """Time each op of a layer over batch sizes and SM budgets, alone and in overlapping pairs."""
     from engine.presets import get_preset, resolve_name
 
@@ -62,10 +64,15 @@ def command(model, tp, quick, device, out, results_dir, no_plots, no_progress):
     from nanotune.profile.view import summary_lines, summary_table
 
     opts = ProfileOptions(model=model, tp=tp, quick=quick, device=device, out=out, results_dir=results_dir,
-                          plots=not no_plots, progress=not no_progress)
+                          plots=not no_plots, progress=not no_progress,
+                          sections=("power",) if power_only else None)
     profile, run_dir = run_profile(opts)
     file = Path(out) if out and out.endswith(".json") else run_dir / "profile.json"
     console.print(summary_table(profile))
+    from nanotune.profile.power_view import power_table
+
+    if (table := power_table(profile.get("power"), profile["gpu"]["name"])) is not None:
+        console.print(table)
     for line in summary_lines(profile):
         console.print(line, highlight=False, soft_wrap=True)
     plots = f" and {len(profile['plots'])} plots" if profile.get("plots") else ""

@@ -92,8 +92,17 @@ def _table(result: dict):
     t.add_column("vs sequential", justify="right")
     rows = [("tuned", result["best"])] + [(k, b) for k, b in result["baselines"].items() if "infeasible" not in b]
     limit = result.get("tpot_limit_ms")
-    if limit:
-        t.caption = f"* over the TPOT limit of {limit:g} ms"
+    captions = [f"* over the TPOT limit of {limit:g} ms"] if limit else []
+    bound = result.get("bound") or {}
+    if bound.get("bound_total_token_throughput"):
+        b = bound["bound_total_token_throughput"]
+        seq_b = bound["bound_sequential_total_token_throughput"]
+        share = result["best"]["total_token_throughput"] / b
+        captions.append(f"power-aware bound {b:,.0f} tok/s (sequential {seq_b:,.0f}); tuned predicted at "
+                        f"{share:.0%} of it")
+    elif bound.get("why"):
+        captions.append(f"no power-aware bound: {bound['why']}")
+    t.caption = "\n".join(captions) or None
     for label, r in rows:
         if limit and r["tpot_ms"] > limit:
             label += " *"

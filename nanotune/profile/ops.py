@@ -113,12 +113,17 @@ def gemm_cost(tokens: int, n: int, k: int, e: int = 2) -> tuple[float, float]:
     return 2.0 * tokens * n * k, float(e * (tokens * k + n * k + tokens * n))
 
 
+def attention_flops(s: Shard, pairs: float) -> float:
+    """QK^T and PV over `pairs` query-key pairs: 2 x 2 FLOPs per pair per query head per head dim."""
+    return 4.0 * s.heads * s.head_dim * pairs
+
+
 def decode_cost(s: Shard, batch: int, context: int, e: int = 2, block_size: int = 16) -> tuple[float, float]:
     """`batch` sequences of `context` tokens each: QK^T and PV (2 x 2 FLOPs per key per query head per dim);
     K and V of every cached token read once per KV head (GQA shares them), q read, output written, and the
     int32 block table and context length."""
     tokens = batch * context
-    flops = 4.0 * s.heads * s.head_dim * tokens
+    flops = attention_flops(s, tokens)
     nbytes = e * (2 * tokens * s.kv_size + 2 * batch * s.q_size) + 4 * batch * (-(-context // block_size) + 1)
     return flops, float(nbytes)
 
@@ -129,7 +134,7 @@ def prefill_cost(s: Shard, tokens: int, context: int, seqs: int, e: int = 2,
     of a chunk of c sees context + i + 1 keys, so c * context + c (c + 1) / 2 query-key pairs per head."""
     c = tokens // seqs
     pairs = seqs * (c * context + c * (c + 1) / 2)
-    flops = 4.0 * s.heads * s.head_dim * pairs
+    flops = attention_flops(s, pairs)
     kv_tokens = seqs * (context + c)
     nbytes = e * (2 * tokens * s.q_size + 2 * kv_tokens * s.kv_size) + 4 * seqs * (-(-(context + c) // block_size)
                                                                                     + 2)

@@ -28,6 +28,7 @@ from nanotune.profile.measure import (
 )
 from nanotune.profile.nvml import NvmlSampler
 from nanotune.profile.ops import GEMM_OPS, Shard, collectives, shard, shard_config
+from nanotune.profile.power import measure_power, num_measurements
 from nanotune.profile.rig import BLOCK_SIZE, LayerRig, num_rotations
 from nanotune.profile.schema import PROFILE_FILE, SCHEMA
 from nanotune.profile.sustained import measure_sustained, sustained_layers
@@ -51,6 +52,7 @@ class ProfileOptions:
     progress: bool = True
     grid: Grid | None = None  # tests pass a tiny one
     seed: int = 0
+    sections: tuple[str, ...] | None = None  # only these measured sections (peaks and build always run)
 
 
 def gpu_info(device: torch.device) -> dict:
@@ -143,7 +145,7 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "partial": True, "model": cfg.name, "tp": sh.tp,
                "quick": opts.quick, "grid": grid.name, "device": str(device), "shapes": sh.to_dict(), "gpu": gpu,
                "environment": environment(), "peaks": {}, "ops": {}, "interference": [], "micro_pair": None,
-               "launch": None, "sustained": None,
+               "launch": None, "sustained": None, "power": None,
                "collectives": collectives(sh), "errors": [], "notes": notes}
     timer = Timer(device, grid.warmup, grid.repeats)
     errors = profile["errors"]
@@ -178,6 +180,10 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
         steps.start("sustained load", len(layers))
         profile["sustained"] = measure_sustained(state["rig"], timer, l2_bytes, layers, step=steps.advance)
 
+    def power():
+        steps.start("power limits", num_measurements(gpu["num_sms"], opts.quick, device.type == "cuda"))
+        profile["power"] = measure_power(state["rig"], sh, grid, l2_bytes, opts.quick, nv, step=steps.advance)
+
     def micro():
         steps.start("micro pair", 1)
         profile["micro_pair"] = measure_micro_pair(state["rig"], timer, grid, l2_bytes)
@@ -188,9 +194,11 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
             ok = True
             for name, fn in (("peaks", peaks), ("build", build), ("ops", alone), ("interference", pairs),
                              ("micro_pair", micro), ("launch", launch),
-                             ("sustained", sustained)):
+                             ("sustained", sustained), ("power", power)):
                 if name not in ("peaks", "build") and "rig" not in state:
                     break  # nothing to measure on without the model
+                if opts.sections is not None and name not in ("peaks", "build") and name not in opts.sections:
+                    continue
                 with nv.section(name):
                     ok = _guarded(name, fn, errors, steps) and ok
             profile["partial"] = not ok

@@ -36,6 +36,13 @@ Layout (JSON object; times in milliseconds; sm_budget null = the op's full grid 
         "back_to_back_ms", "sum_alone_ms", "two_stream": [{"sm_budget", "attn_alone_ms", "together_ms",
         "mlp_ms", "attn_ms", "predicted_ms", "gain_vs_back_to_back"}], "best": {...} | null, "concurrent"}
         | null (not measured)
+  "power": {"seconds", "gemm": {"op", "tokens", "n", "k", "ms", "tflops" > 0, "cold_tflops", "power_w",
+        "sm_clock_mhz"}, "read": [{"kernel": "torch_sum" | "probe_tma" | "probe_ptr" | "decode_attn",
+        "programs": int | null (full grid), "bytes", "ms", "gb_s" > 0, "power_w", "sm_clock_mhz"}],
+        "together": [{"read_kernel", "programs", "gemm_fraction", "read_fraction", "sum", "power_w",
+        "sm_clock_mhz"}], "best_together", "best_read_gb_s", "decode_point", "errors", "why", "method"}
+        | null (not measured; optional like launch and sustained, so older /1 profiles still load):
+        power.py, each rate sustained for seconds; results.bound turns it into the power-aware bound
   "launch": {"points": [{"batch", "context", "ops", "sum_alone_ms", "eager_layer_ms", "eager_gap_ms",
         "graph_layer_ms", "graph_gap_ms"}], "method": str} | null (launch.py: the idle time per kernel of a
         decode-only layer launched eagerly and replayed as a CUDA graph; graph fields null off a GPU; optional:
@@ -185,6 +192,9 @@ def validate_profile(data, where: str = "profile") -> None:
             _positive(p, "sustained_layer_ms", where, f"sustained.points[{i}].sustained_layer_ms")
             if len(p.get("ops") or []) != len(p.get("points") or []):
                 _fail(where, f"sustained.points[{i}].points", "expected one input point per op")
+    power = data.get("power")
+    if power is not None:
+        _check_power(power, where)
     _need(data, "collectives", dict, where, "collectives")
     _need(data, "nvml", dict, where, "nvml")
     _need(data, "throttled", bool, where, "throttled")
@@ -225,3 +235,22 @@ def _check_pair(rec, where: str, at: str) -> None:
     _budget(rec, "b_sm_budget", where, f"{at}.b_sm_budget")
     for k in PAIR_NUMBERS:
         _positive(rec, k, where, f"{at}.{k}")
+
+
+def _check_power(power, where: str) -> None:
+    """The power section (power.py), optional like launch and sustained: older profiles lack it."""
+    if not isinstance(power, dict):
+        _fail(where, "power", f"expected an object or null, got {_show(power)}")
+    gemm = _need(power, "gemm", dict, where, "power.gemm")
+    _positive(gemm, "tflops", where, "power.gemm.tflops")
+    for i, r in enumerate(_need(power, "read", list, where, "power.read")):
+        if not isinstance(r, dict):
+            _fail(where, f"power.read[{i}]", f"expected an object, got {_show(r)}")
+        _need(r, "kernel", str, where, f"power.read[{i}].kernel")
+        _budget(r, "programs", where, f"power.read[{i}].programs")
+        _positive(r, "gb_s", where, f"power.read[{i}].gb_s")
+    for i, x in enumerate(_need(power, "together", list, where, "power.together")):
+        if not isinstance(x, dict):
+            _fail(where, f"power.together[{i}]", f"expected an object, got {_show(x)}")
+        for k in ("gemm_fraction", "read_fraction", "sum"):
+            _positive(x, k, where, f"power.together[{i}].{k}")

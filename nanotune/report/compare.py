@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanotune.report.anchors import anchor_rows
+from nanotune.report.bound_plot import optimal_bound_achieved
 from nanotune.report.plots import efficiency_bars, latency_cdfs, sweep_curves, throughput_bars
 from nanotune.report.table import load_rows, to_frame
 from nanotune.results.store import write_json_atomic
@@ -54,6 +55,7 @@ def compare(paths: list[str | Path], out_dir: Path, anchors: bool = False) -> Co
                 zip(labels, loaded, strict=True)]
     for p in (throughput_bars(rows, out_dir / "throughput.png"),
               efficiency_bars(rows, out_dir / "efficiency.png"),
+              optimal_bound_achieved(rows, out_dir / "bound.png"),
               latency_cdfs(cdf_runs, out_dir / "latency_cdf.png"),
               sweep_curves([(lab, res) for lab, (res, _) in zip(labels, loaded, strict=True)],
                            out_dir / "sweep.png")):

@@ -16,6 +16,7 @@ COLUMNS = [
     ("total_token_throughput", "total tok/s", ",.1f"), ("output_throughput", "out tok/s", ",.1f"),
     ("steady_total_token_throughput", "steady tok/s", ",.1f"),
     ("optimal_total_token_throughput", "optimal tok/s", ",.0f"), ("efficiency", "% optimal", ".1%"),
+    ("bound_total_token_throughput", "bound tok/s", ",.0f"), ("efficiency_vs_bound", "% bound", ".1%"),
     ("vs_first", "vs first", ".2f"), ("mean_ttft_ms", "TTFT ms", ",.1f"), ("p99_ttft_ms", "p99 TTFT", ",.1f"),
     ("mean_tpot_ms", "TPOT ms", ",.2f"), ("p99_tpot_ms", "p99 TPOT", ",.2f"),
     ("normalized_latency_ms", "ms/token", ",.2f"),

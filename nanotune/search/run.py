@@ -173,11 +173,30 @@ def search(cfg: SearchConfig, log=print) -> tuple[dict, object]:
                     "tpot_ms": t.values[1], "plan_file": f"plans/pareto-{t.number}.json"}
                    for t in front[:output.MAX_PARETO_PLANS]],
         "validation": validation, "files": files, "plots": plots, "plots_skipped": skipped,
+        "bound": _bound(ctx, wl),
         "notes": output.model_notes(ctx, cfg.composition), "config": asdict(cfg),
         "command": " ".join(sys.argv), "environment": environment(), "wall_s": time.time() - t_start,
     }
     output.write_result(run_dir, result)
     return result, run_dir
+
+
+def _bound(ctx: SearchContext, wl) -> dict:
+    """The power-aware bound of the workload on the profile's card (results.bound), beside the predictions."""
+    from nanotune.profile.ops import Shard
+    from nanotune.results.bound import bound_or_why
+
+    s = Shard.of(ctx.profile.data["shapes"], ctx.profile.model, ctx.tp)
+    data, where = ctx.profile.data, ctx.profile.path or "profile"
+    if not data.get("power"):  # the card's rates may sit in another reference profile of the same GPU
+        import json
+
+        from nanotune.bench.bound import find_power_profile
+
+        found = find_power_profile(ctx.profile.gpu_name, ctx.profile.model)
+        if found is not None:
+            data, where = {**data, "power": json.loads(found.read_text())["power"]}, str(found)
+    return bound_or_why(data, where, s, wl.lengths)
 
 
 def _validate(cfg: SearchConfig, ctx: SearchContext, info: dict, ranked: list, best, log) -> dict | None:
