@@ -88,7 +88,7 @@ class WorkloadSpec:
         if self.is_file:
             path = Path(self.source)
             if not path.is_file():
-                raise TraceError(f"{path}: no such trace file")
+                raise TraceError(f"{path}: no such file")
             trace = read_trace(path, self.fmt, self.tokenizer)
             flt = self.filter or self.default_filter(trace.meta.get("format"))
             trace = apply_filter(trace, flt).head(self.num_requests)
@@ -105,11 +105,13 @@ def is_file_spec(text: str) -> bool:
 
 
 def parse_workload(text: str, num_requests: int | None = None, seed: int = 0, filter: str | None = None,
-                   fmt: str = "auto", tokenizer: str | None = None, **params) -> WorkloadSpec:
+                   fmt: str = "auto", tokenizer: str | None = None, is_file: bool | None = None,
+                   **params) -> WorkloadSpec:
     """Parse a workload spec (module docstring) with its options; every mistake is one TraceError line.
 
     `params` are generator parameters (input_len, output_len, range_ratio, range_style) given as options; a
-    value also given in the text must agree with it. None values are ignored."""
+    value also given in the text must agree with it. None values are ignored. `is_file` forces the text to be
+    read as a path (True) or a dataset (False) instead of guessing with `is_file_spec`."""
     text = str(text).strip()
     params = {k: v for k, v in params.items() if v is not None}
     if num_requests is not None and (isinstance(num_requests, bool) or not isinstance(num_requests, int)
@@ -119,7 +121,7 @@ def parse_workload(text: str, num_requests: int | None = None, seed: int = 0, fi
         filter = parse_filter(filter).spec  # checked now, not after a long generation
     if not text:
         raise TraceError("empty workload: expected a dataset name, constant:IN:OUT, random:IN:OUT or a file")
-    if is_file_spec(text):
+    if is_file if is_file is not None else is_file_spec(text):
         if params:
             options = ", ".join("--" + k.replace("_", "-") for k in sorted(params))
             raise TraceError(f"{options}: generator options, for a dataset, not a trace file ({text})")
@@ -128,7 +130,8 @@ def parse_workload(text: str, num_requests: int | None = None, seed: int = 0, fi
     names = dataset_names()
     fields = SYNTHETIC_FIELDS.get(name, ())
     if name not in names or (values and not 2 <= len(values) <= len(fields)):
-        raise TraceError(f"workload '{text}': expected a dataset name ({', '.join(names)}), constant:IN:OUT, "
+        what = f"unknown dataset '{name}'" if name not in names else f"workload '{text}'"
+        raise TraceError(f"{what}: expected a dataset name ({', '.join(names)}), constant:IN:OUT, "
                          "random:IN:OUT[:RATIO] or a trace file")
     if tokenizer is not None:
         raise TraceError("a tokenizer applies to files with text, not to a generated dataset")
