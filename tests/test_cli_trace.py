@@ -206,3 +206,14 @@ def test_help_documents_both_range_conventions():
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
     assert "[L(1-r), L(1+r)]" in text and "[L*r, L]" in text
+
+
+def test_stats_of_burstgpt_says_how_many_failed_rows_were_dropped(tmp_path):
+    path = tmp_path / "burst.csv"
+    path.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                    "5,ChatGPT,472,18,490,Conversation log\n45,ChatGPT,1087,0,1087,Conversation log\n"
+                    "118,GPT-4,417,276,693,API log\n")
+    result = run("--stats", str(path))
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert "count 2" in out and "failed requests (0 response tokens) dropped: 1" in out

@@ -208,7 +208,8 @@ def _reference(spec: str, tokenizer):
     import workloads
 
     if Path(spec).exists():
-        return workloads.read_trace(spec, "auto", tokenizer), spec
+        trace = workloads.parse_workload(spec, tokenizer=tokenizer, is_file=True).load()
+        return trace, f"{spec} (filter {trace.meta['filter']['spec']})"
     if spec in workloads.dataset_names():
         trace = workloads.parse_workload(spec, REFERENCE_DRAWS, seed=0, is_file=False).load()
         flt = trace.meta["filter"]["spec"]
