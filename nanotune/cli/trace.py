@@ -25,9 +25,9 @@ import click
 
 from nanotune.console import console, err_console
 from nanotune.errors import UserError
+from workloads.spec import DEFAULT_NUM_REQUESTS
 
 STATS_OF_RESULT = "\0"  # --stats given without a FILE: summarize the trace this command makes
-DEFAULT_NUM_REQUESTS = 1000
 REFERENCE_DRAWS = 100_000
 """Draws standing for a dataset named as --reference (stratified, so they trace its calibrated curve)."""
 
@@ -158,8 +158,7 @@ def command(
     if dataset is not None:
         if tokenizer is not None:
             raise UserError("--tokenizer applies to files with text, not to --dataset")
-        n = DEFAULT_NUM_REQUESTS if num_requests is None else num_requests
-        spec = workloads.parse_workload(dataset, n, seed, filter_spec, is_file=False, **gen_params)
+        spec = workloads.parse_workload(dataset, num_requests, seed, filter_spec, is_file=False, **gen_params)
         trace = spec.load()
         measured = workloads.measured_arrivals(spec.source)
     else:

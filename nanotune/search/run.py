@@ -88,6 +88,8 @@ def prepare(cfg: SearchConfig, log) -> tuple[SearchContext, dict]:
                         wl.lengths)
     identity = {"model": model, "tp": cfg.tp, "workload": cfg.workload, "objective": cfg.objective,
                 "max_num_seqs": cfg.max_num_seqs, "profile": profile.path}
+    if cfg.filter:  # only when given, so studies made before --filter existed still resume
+        identity["filter"] = cfg.filter
     info = {"model": model, "model_alias": alias, "profile_source": source, "workload": wl, "has_gpu": has_gpu,
             "identity": identity}
     return ctx, info
