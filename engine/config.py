@@ -102,6 +102,21 @@ class EngineConfig:
         return replace(self, **kw)
 
 
+MAX_MODEL_LEN_CAP = 8192
+"""Default context cap: the KV block table and the rope cache are sized by max_model_len, so a model trained
+to 128k positions would otherwise reserve per-sequence tables for contexts no benchmark uses."""
+
+
+def resolve_max_model_len(model: ModelConfig, requested: int | None = None) -> int:
+    """The context the engine serves: `requested`, else the model's max_position capped at MAX_MODEL_LEN_CAP.
+    Torch-free, so the tools that drop over-long requests before a run read the figure the engine uses."""
+    if requested is None:
+        return min(model.max_position, MAX_MODEL_LEN_CAP)
+    if requested > model.max_position:
+        raise EngineConfigError(f"max_model_len {requested} exceeds the model's max_position {model.max_position}")
+    return requested
+
+
 @dataclass
 class CacheInfo:
     """What the runner decided about the KV cache (derived, reported in stats)."""

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.block_manager import BlockManager
-from engine.config import EngineConfig, ModelConfig, model_config_from_hf
-from engine.errors import EngineConfigError
+from engine.config import EngineConfig, ModelConfig, model_config_from_hf, resolve_max_model_len
 from engine.presets import get_preset
 from engine.request import Request, RequestOutput, SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
@@ -71,10 +70,7 @@ class LLMEngine:
         self.config = config
         self.model_config = load_model_config(config.model)
         mc = self.model_config
-        self.max_model_len = config.max_model_len or min(mc.max_position, 8192)
-        if self.max_model_len > mc.max_position:
-            raise EngineConfigError(f"max_model_len {self.max_model_len} exceeds the model's "
-                                    f"max_position {mc.max_position}")
+        self.max_model_len = resolve_max_model_len(mc, config.max_model_len)
         self.runner = ModelRunner(config, mc, self.max_model_len)
         info = self.runner.cache_info
         self.block_manager = BlockManager(info.num_blocks, info.block_size)

@@ -22,21 +22,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-WORKLOADS = {  # name -> (generator, params, default request count)
-    "c1024x512": ("constant", {"input_len": 1024, "output_len": 512}, 1200),
-    "c512x512": ("constant", {"input_len": 512, "output_len": 512}, 1500),
-    "c512x1024": ("constant", {"input_len": 512, "output_len": 1024}, 1000),
-    "sharegpt": ("sharegpt", {"filter": "vllm"}, 2000),
-    "lmsys": ("lmsys", {"filter": "vllm"}, 3000),
-    "splitwise": ("splitwise", {"filter": "max-len:4096"}, 1000),
+WORKLOADS = {  # short name (used in result keys and name[:count] lists) -> (workload spec, default count)
+    "c1024x512": ("constant:1024:512", 1200),
+    "c512x512": ("constant:512:512", 1500),
+    "c512x1024": ("constant:512:1024", 1000),
+    "sharegpt": ("sharegpt", 2000),  # each dataset with its default filter (workloads.spec.DEFAULT_FILTERS)
+    "lmsys": ("lmsys", 3000),
+    "splitwise": ("splitwise", 1000),
 }
 
 
 def make_trace(name: str, n: int | None, seed: int):
-    from workloads import generate
+    """The trace of a short name, through the one workload parser bench and search use."""
+    from workloads import parse_workload
 
-    gen, params, default_n = WORKLOADS[name]
-    return generate(gen, n or default_n, seed, **params)
+    spec, default_n = WORKLOADS[name]
+    return parse_workload(spec, n or default_n, seed).load()
 
 
 def subset(trace, n: int):
@@ -48,9 +49,11 @@ def subset(trace, n: int):
 def run_one(engine, label: str, trace, peak, warmups: int, device: str) -> dict:
     from nanotune.bench.backends.inprocess import EngineBackend
     from nanotune.bench.config import BenchConfig
+    from nanotune.bench.requests import admit
     from nanotune.bench.runner import run_bench
 
     engine.op_profile.__init__()
+    trace = admit(trace, max_model_len=engine.max_model_len)  # what cannot run is dropped and counted, not failed
     cfg = BenchConfig(trace=label, engine="nanoflow", model=engine.model_config.name, device=device,
                       num_warmups=warmups)
     backend = EngineBackend(engine, name=label, info={"plan": engine.runner.plan.to_dict()})

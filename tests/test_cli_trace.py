@@ -36,7 +36,8 @@ def stats_json(*args: str) -> dict:
 @needs_reference
 @pytest.mark.parametrize("name", ["sharegpt", "lmsys", "splitwise"])
 def test_acceptance_command_within_5_percent_of_reference(name):
-    got = stats_json("--dataset", name, "-n", "10000", "--seed", "1", "--stats")
+    # --filter none: the datasets' default filters (sharegpt: vLLM's request set) would cut the raw tails
+    got = stats_json("--dataset", name, "--filter", "none", "-n", "10000", "--seed", "1", "--stats")
     want = trace_stats(read_trace(REFERENCE_DIR / f"{name}.csv"))
     assert got["count"] == 10_000
     for side in ("prompt_len", "output_len"):
@@ -44,7 +45,7 @@ def test_acceptance_command_within_5_percent_of_reference(name):
             target = getattr(getattr(want, side), key)
             assert abs(got[side][key] - target) <= max(0.05 * target, 2), (side, key, got[side][key], target)
 
-    table = run("--dataset", name, "-n", "10000", "--seed", "1", "--stats")
+    table = run("--dataset", name, "--filter", "none", "-n", "10000", "--seed", "1", "--stats")
     assert table.exit_code == 0, table.output
     assert "prompt_len" in table.stdout and "output_len" in table.stdout
     assert f"{name}.csv" in table.stdout  # the embedded reference figures are shown beside the draw
@@ -205,3 +206,14 @@ def test_help_documents_both_range_conventions():
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
     assert "[L(1-r), L(1+r)]" in text and "[L*r, L]" in text
+
+
+def test_stats_of_burstgpt_says_how_many_failed_rows_were_dropped(tmp_path):
+    path = tmp_path / "burst.csv"
+    path.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                    "5,ChatGPT,472,18,490,Conversation log\n45,ChatGPT,1087,0,1087,Conversation log\n"
+                    "118,GPT-4,417,276,693,API log\n")
+    result = run("--stats", str(path))
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert "count 2" in out and "failed requests (0 response tokens) dropped: 1" in out

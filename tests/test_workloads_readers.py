@@ -97,13 +97,14 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_sharegpt_first_human_turn_and_its_answer(tmp_path):
+def test_sharegpt_turns_0_and_1_whoever_speaks(tmp_path):
+    """vLLM's rule: turn [0] is the prompt, turn [1] the output, even when [0] is a system turn."""
     path = write(tmp_path, "sg.json", json.dumps(SHAREGPT, indent=2))  # pretty-printed, as the dumps are
     trace = read_trace(path)
-    assert trace.meta["format"] == "sharegpt" and trace.meta["num_skipped"] == 2
+    assert trace.meta["format"] == "sharegpt" and trace.meta["num_skipped"] == 2  # empty and one-turn
     first, second = SHAREGPT[0]["conversations"], SHAREGPT[2]["conversations"]
-    assert trace.prompt_lens.tolist() == [approx_tokens(first[0]["value"]), approx_tokens(second[1]["value"])]
-    assert trace.output_lens.tolist() == [approx_tokens(first[1]["value"]), approx_tokens(second[2]["value"])]
+    assert trace.prompt_lens.tolist() == [approx_tokens(first[0]["value"]), approx_tokens(second[0]["value"])]
+    assert trace.output_lens.tolist() == [approx_tokens(first[1]["value"]), approx_tokens(second[1]["value"])]
     assert not trace.is_timed and trace.requests[0].prompt_ids is None
     assert "ceil(characters / 4)" in trace.meta["tokens"]
 
@@ -137,11 +138,15 @@ def test_azure_xxx_timestamps_mean_offline(tmp_path):
     assert not trace.is_timed and trace.output_lens.tolist() == [285, 82]
 
 
-def test_burstgpt_csv(tmp_path):
+def test_burstgpt_csv_drops_failed_rows(tmp_path):
     trace = read_trace(write(tmp_path, "burst.csv", BURSTGPT))
     assert trace.meta["format"] == "burstgpt" and trace.meta["num_failed"] == 1
-    assert trace.arrivals.tolist() == [0.0, 40.0, 113.0]
-    assert trace.prompt_lens.tolist() == [472, 1087, 417] and trace.output_lens.tolist() == [18, 0, 276]
+    # the failed row (0 response tokens) is dropped, as vLLM's BurstGPT reader drops it
+    assert trace.arrivals.tolist() == [0.0, 113.0]
+    assert trace.prompt_lens.tolist() == [472, 417] and trace.output_lens.tolist() == [18, 276]
+    only_failed = BURSTGPT.splitlines()[0] + "\n45,ChatGPT,1087,0,1087,Conversation log\n"
+    with pytest.raises(TraceError, match="all 1 rows are failed requests"):
+        read_trace(write(tmp_path, "failed.csv", only_failed))
 
 
 def test_mooncake_jsonl_timestamps_in_ms(tmp_path):

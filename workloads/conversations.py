@@ -1,10 +1,14 @@
 """Readers for the conversation datasets, which carry text rather than token counts.
 
 ShareGPT (`[{"id", "conversations": [{"from", "value"}, ...]}]`) and LMSYS-Chat-1M (`{"conversation":
-[{"role", "content"}, ...]}`, as a JSON array or JSON Lines). As vLLM's benchmark does, each conversation
-gives one request: the prompt is the first human turn and the output is the turn that answers it; later
-turns are ignored. Conversations without such a pair (empty, or a human turn with no reply) are skipped
-and counted in meta["num_skipped"]. Text becomes token counts through `workloads.tokens.TokenCounter`.
+[{"role", "content"}, ...]}`, as a JSON array or JSON Lines). Each conversation gives one request; later
+turns are ignored. Which two turns:
+- ShareGPT, as vLLM's benchmark reads it: turn [0] is the prompt and turn [1] the output, whoever speaks
+  them (a dump's first turn is sometimes a system or model turn; vLLM does not look, and neither do we, so
+  that "sharegpt" here and in vLLM is the same request set). Conversations with fewer than two turns are skipped.
+- LMSYS: the first user turn and the assistant turn right after it (roles are reliable there).
+Skipped conversations are counted in meta["num_skipped"]. Text becomes token counts through
+`workloads.tokens.TokenCounter`.
 """
 
 from __future__ import annotations
@@ -15,12 +19,9 @@ from workloads.parsing import fail, iter_json_array, iter_jsonl, require
 from workloads.tokens import TokenCounter
 from workloads.trace import Trace, TraceRequest
 
-SHAREGPT_HUMAN = frozenset({"human", "user"})
-"""Speaker tags of the asking side in ShareGPT dumps; any other tag (gpt, chatgpt, bard, bing) answers."""
-
 
 def read_sharegpt(path: str | Path, text: str, counter: TokenCounter) -> Trace:
-    return _read_conversations(path, text, counter, "sharegpt", "conversations", "from", "value", _sharegpt_roles)
+    return _read_conversations(path, text, counter, "sharegpt", "conversations", "from", "value", None)
 
 
 def read_lmsys(path: str | Path, text: str, counter: TokenCounter) -> Trace:
@@ -40,10 +41,6 @@ def _read_conversations(path, text, counter, fmt, turns_key, who_key, text_key, 
     return _to_trace(path, fmt, pairs, skipped, counter)
 
 
-def _sharegpt_roles(speaker: str) -> str:
-    return "ask" if speaker.lower() in SHAREGPT_HUMAN else "answer"
-
-
 def _lmsys_roles(role: str) -> str:
     return {"user": "ask", "assistant": "answer"}.get(role.lower(), "other")
 
@@ -56,7 +53,8 @@ def _records(path, text):
 
 
 def _first_exchange(turns, path, line, field, who_key, text_key, role_of):
-    """(prompt text, output text) of the first asking turn and the answer right after it, or None."""
+    """(prompt text, output text), or None: turns [0] and [1] when role_of is None (vLLM's ShareGPT rule),
+    else the first asking turn and the answer right after it."""
     if not isinstance(turns, list):
         raise fail(path, line, f"expected a list of turns, got {type(turns).__name__}", field)
     for i, turn in enumerate(turns):
@@ -68,6 +66,8 @@ def _first_exchange(turns, path, line, field, who_key, text_key, role_of):
                 raise fail(path, line, "missing", f"{where}.{key}")
             if not isinstance(turn[key], str):
                 raise fail(path, line, f"expected a string, got {type(turn[key]).__name__}", f"{where}.{key}")
+    if role_of is None:
+        return (turns[0][text_key], turns[1][text_key]) if len(turns) >= 2 else None
     for i in range(len(turns) - 1):
         if role_of(turns[i][who_key]) == "ask" and role_of(turns[i + 1][who_key]) == "answer":
             return turns[i][text_key], turns[i + 1][text_key]

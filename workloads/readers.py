@@ -6,7 +6,8 @@
 - `azure` (alias `splitwise`): Azure / Splitwise CSV `TIMESTAMP,ContextTokens,GeneratedTokens`; a
   `YYYY-MM-DD HH:MM:SS.fffffff` time stamp per request, or `XXX` for none (then offline).
 - `burstgpt`: BurstGPT CSV `Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type`,
-  time stamps in seconds; failed requests have 0 response tokens (kept, counted in meta["num_failed"]).
+  time stamps in seconds; failed requests have 0 response tokens: dropped, as vLLM's reader drops them,
+  and counted in meta["num_failed"].
 - `mooncake`: Mooncake JSONL `{"timestamp" (ms), "input_length", "output_length", "hash_ids"}`
   (hash_ids, the prefix-cache block hashes, are not kept).
 
@@ -176,18 +177,17 @@ def _read_azure(path, text: str) -> Trace:
 def _read_burstgpt(path, text: str) -> Trace:
     rows, failed = [], 0
     for line, row in _csv_rows(path, text, BURSTGPT_COLUMNS):
+        stamp = as_seconds(row["Timestamp"], path, line, "Timestamp")
+        prompt = as_length(row["Request tokens"], path, line, "Request tokens")
         output = as_length(row["Response tokens"], path, line, "Response tokens")
-        failed += output == 0
-        rows.append(
-            (
-                line,
-                as_seconds(row["Timestamp"], path, line, "Timestamp"),
-                as_length(row["Request tokens"], path, line, "Request tokens"),
-                output,
-            )
-        )
+        if output == 0:  # BurstGPT marks a failed request by 0 response tokens: nothing to replay
+            failed += 1
+            continue
+        rows.append((line, stamp, prompt, output))
+    if not rows and failed:
+        raise TraceError(f"{path}: all {failed} rows are failed requests (0 response tokens)")
     trace = _timed_trace(path, "burstgpt", rows, "Timestamp")
-    return trace.with_meta(num_failed=failed)  # BurstGPT marks failed requests by 0 response tokens
+    return trace.with_meta(num_failed=failed)
 
 
 def _read_mooncake(path, text: str) -> Trace:

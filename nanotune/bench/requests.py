@@ -31,7 +31,25 @@ class LengthCaps:
             prompt_len = min(prompt_len, self.max_prompt_len)
         if self.max_output_len:
             output_len = min(output_len, self.max_output_len)
-        return max(1, prompt_len), max(1, output_len)
+        return prompt_len, output_len  # an empty prompt or output stays empty: `admit` drops it
+
+
+def admit(trace, caps: LengthCaps | None = None, num_requests: int | None = None,
+          max_model_len: int | None = None):
+    """The workloads.Trace a benchmark runs: the first `num_requests` of `trace`, lengths capped, and the
+    requests that cannot run (empty prompt or output, prompt + output over `max_model_len`) dropped and
+    counted in meta["unrunnable"] (workloads.runnable), so none of them fails at run time."""
+    from workloads import Trace, TraceRequest, drop_unrunnable
+
+    caps = caps or LengthCaps()
+    reqs = list(trace.requests)[:num_requests] if num_requests else list(trace.requests)
+    capped = []
+    for r in reqs:
+        p_len, o_len = caps.apply(int(r.prompt_len), int(r.output_len))
+        ids = getattr(r, "prompt_ids", None)
+        capped.append(TraceRequest(float(r.arrival_s), p_len, o_len, tuple(ids)[:p_len] if ids else None))
+    meta = dict(getattr(trace, "meta", {}) or {})
+    return drop_unrunnable(Trace(capped, meta), max_model_len)
 
 
 def arrival_times(trace_arrivals: list[float], mode: str, request_rate: float | None = None,

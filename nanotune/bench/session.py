@@ -11,34 +11,46 @@ from nanotune.bench.backends.base import Backend
 from nanotune.bench.bound import bound_setup
 from nanotune.bench.config import BenchConfig
 from nanotune.bench.output import write_bench_run
+from nanotune.bench.requests import admit
 from nanotune.bench.runner import run_bench
 from nanotune.bench.view import LiveView
 from nanotune.errors import UserError
 from nanotune.results import environment, new_run_dir
 from nanotune.results.peak import PeakFlops, given_peak, peak_flops
 
-TRACE_SUFFIXES = (".jsonl", ".json", ".csv", ".gz")
-
 
 def is_trace_file(spec: str) -> bool:
-    return Path(spec).exists() or spec.endswith(TRACE_SUFFIXES) or "/" in spec
+    from workloads import is_file_spec
+
+    return is_file_spec(spec)
 
 
 def load_trace(spec: str, num_requests: int | None, seed: int, filter: str | None = None,
                **params):
-    """A dataset name goes to `workloads.generate(name, n, seed, filter=, **params)`, a path to
-    `workloads.read_trace(path)` (any format it detects; truncated to -n later). Errors come as
+    """The workload `spec` names (workloads.spec: a dataset, constant:IN:OUT, random:IN:OUT[:RATIO] or a
+    file) with -n, seed, filter (default: the dataset's) and generator params. Errors come as
     workloads.errors.TraceError (one line, exit 2)."""
     import workloads
 
-    if is_trace_file(spec):
-        if params or filter:
-            raise UserError("--filter / --input-len / --output-len / --range-ratio apply to generated "
-                            "datasets, not to a trace file (use `nanotune trace` to filter a file)")
-        return workloads.read_trace(spec)
-    kw = {"filter": filter} if filter else {}
-    return workloads.generate(spec, num_requests, seed, **kw, **params)
+    return workloads.parse_workload(spec, num_requests, seed, filter, **params).load()
 
+
+def max_model_len_for(cfg: BenchConfig) -> int | None:
+    """The context the engine serves this model with (engine.config.resolve_max_model_len), so requests that
+    cannot fit are dropped before the run; the same figure for every backend, so they run the same requests.
+    None for an endpoint serving a model nanotune does not know (the server enforces its own limit)."""
+    from engine.config import resolve_max_model_len
+    from engine.engine import load_model_config
+    from engine.errors import EngineConfigError
+
+    if not cfg.model or (cfg.engine == "endpoint" and preset_or_none(cfg.model) is None):
+        return None
+    try:
+        return resolve_max_model_len(load_model_config(cfg.model))
+    except EngineConfigError:
+        if cfg.engine in ("endpoint", "hf"):
+            return None
+        raise
 
 def preset_or_none(name: str | None):
     if not name:
@@ -113,7 +125,7 @@ def engine_limits(cfg: BenchConfig) -> dict:
 
 
 def run_label(cfg: BenchConfig) -> str:
-    trace = Path(cfg.trace).stem if is_trace_file(cfg.trace) else cfg.trace
+    trace = Path(cfg.trace).stem if is_trace_file(cfg.trace) else cfg.trace.replace(":", "-")
     return f"{trace}-{cfg.engine}"
 
 
@@ -121,14 +133,18 @@ def bench(cfg: BenchConfig, results_dir: str | None = None, progress: bool = Tru
           backend: Backend | None = None, trace=None, trace_params: dict | None = None) -> tuple[dict, Path]:
     """Run the benchmark `cfg` describes and write it; returns (result, run_dir). `backend` / `trace`
     replace the ones `cfg` names (tests; embedding); `trace_params` go to the generator."""
+    import workloads
     from nanotune.console import err_console
 
     if trace is None:
         trace = load_trace(cfg.trace, cfg.num_requests, cfg.seed, **(trace_params or {}))
-    reqs = list(trace.requests)[:cfg.num_requests] if cfg.num_requests else list(trace.requests)
-    lengths = [cfg.caps.apply(int(r.prompt_len), int(r.output_len)) for r in reqs]
+    trace = admit(trace, cfg.caps, cfg.num_requests, max_model_len_for(cfg))
+    reqs = list(trace.requests)
+    lengths = [(r.prompt_len, r.output_len) for r in reqs]
     if not lengths:
-        raise UserError(f"trace '{cfg.trace}' has no requests")
+        dropped = workloads.describe_dropped(trace.meta)
+        raise UserError(f"trace '{cfg.trace}' has no request to run"
+                        + (f" (dropped {dropped})" if dropped != "0" else ""))
     is_timed = any(float(r.arrival_s) > 0 for r in reqs)
     if cfg.mode == "online" and cfg.request_rate is None and not cfg.sweep_rates and not is_timed:
         raise UserError(f"--mode online: trace '{cfg.trace}' has no arrival times; give --request-rate "
@@ -144,7 +160,8 @@ def bench(cfg: BenchConfig, results_dir: str | None = None, progress: bool = Tru
         if owns_backend:
             backend.close()
     run_dir = new_run_dir("bench", run_label(cfg), results_dir)
-    result = {"run_id": run_dir.name, **outcome.result, "environment": environment(),
+    result = {"run_id": run_dir.name, **outcome.result,
+              "workload": workloads.request_summary(lengths, trace.meta), "environment": environment(),
               "command": " ".join(shlex.quote(a) for a in sys.argv)}
     write_bench_run(run_dir, result, outcome.rows)
     return result, run_dir

@@ -82,6 +82,13 @@ _ROWS = [
 _LATENCIES = [("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E latency", "e2el_ms")]
 
 
+def _dropped(workload: dict) -> str:
+    from workloads import describe_dropped
+
+    return describe_dropped({"unrunnable": {"dropped": workload.get("dropped") or {},
+                                            "max_model_len": workload.get("max_model_len")}})
+
+
 def summary_table(result: dict) -> Table:
     """The headline metrics of a result (mean +- 95% CI when it has repeats)."""
     m, ci = result.get("metrics") or {}, result.get("metrics_ci95") or {}
@@ -101,6 +108,8 @@ def summary_table(result: dict) -> Table:
         if ci.get(key) is not None:
             cell += f" ± {_fmt(ci[key], spec.replace('d', '.1f'))}"
         t.add_row(label, cell)
+        if key == "failed" and result.get("workload"):  # requests that could not run: left out, not failed
+            t.add_row("Dropped before the run", _dropped(result["workload"]))
     why = (result.get("bound") or {}).get("why")
     if why and m.get("bound_total_token_throughput") is None:
         t.add_row("Power-aware bound", f"none: {why}")

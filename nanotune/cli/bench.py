@@ -34,11 +34,12 @@ def _has_gpu() -> bool:
 
 @click.command(name="bench")
 @click.option("--trace", default="sharegpt", show_default=True,
-              help="Dataset name (sharegpt, lmsys, splitwise, constant, random) or a trace file.")
+              help="sharegpt (vLLM's request set), lmsys, splitwise, constant[:IN:OUT], random[:IN:OUT[:RATIO]] "
+                   "or a trace file.")
 @click.option("-n", "--num-requests", type=click.IntRange(min=1),
               help="Requests to replay [default: 64 on CPU, 1000 on GPU; a file: all].")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--filter", "trace_filter", help="Generated datasets: length filter (e.g. vllm).")
+@click.option("--filter", "trace_filter", help="none | vllm | max-len:N [default: the dataset's; sharegpt: vllm].")
 @click.option("--input-len", type=click.IntRange(min=1), help="constant/random datasets: prompt length.")
 @click.option("--output-len", type=click.IntRange(min=1), help="constant/random datasets: output length.")
 @click.option("--range-ratio", type=float, help="random dataset: length range ratio.")
@@ -129,6 +130,9 @@ def command(**o):
     result, run_dir = bench(cfg, results_dir=o["results_dir"], progress=not o["no_progress"],
                             trace_params=trace_params)
 
+    from workloads import summary_line
+
+    console.print(summary_line(result["workload"]), highlight=False)
     console.print(summary_table(result))
     if (table := sweep_table(result)) is not None:
         console.print(table)

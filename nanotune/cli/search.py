@@ -23,10 +23,13 @@ from nanotune.errors import UserError
                                             "results/reference/NAME/profile-<model>-tp<N>.json (any machine).")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=True), help="Use this profile file.")
 @click.option("--trace", "--workload", "workload", default="sharegpt", show_default=True,
-              help="sharegpt, lmsys, splitwise, constant:IN:OUT, random:IN:OUT, or a trace file.")
+              help="sharegpt (vLLM's request set), lmsys, splitwise, constant:IN:OUT, random:IN:OUT[:RATIO], or a "
+                   "trace file.")
 @click.option("-n", "--num-requests", type=click.IntRange(min=1),
               help="Requests drawn for the workload's statistics [default: 2000; a file: all].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and the workload.")
+@click.option("--filter", "trace_filter", metavar="F",
+              help="none | vllm | max-len:N [default: the dataset's, as in bench and trace].")
 @click.option("--objective", type=click.Choice(["throughput", "latency", "both"]), default="throughput",
               show_default=True, help="both: a Pareto front of throughput and TPOT (NSGA-II).")
 @click.option("--tpot-limit", type=click.FloatRange(min=0, min_open=True), metavar="MS",
@@ -60,7 +63,8 @@ def command(**o):
         raise UserError("--resume needs --study NAME (the study to continue)")
     cfg = SearchConfig(
         model=o["model"], tp=o["tp"], gpu=o["gpu"], profile=o["profile_path"], workload=o["workload"],
-        num_requests=o["num_requests"], seed=o["seed"], objective=o["objective"], tpot_limit_ms=o["tpot_limit"],
+        num_requests=o["num_requests"], seed=o["seed"], filter=o["trace_filter"], objective=o["objective"],
+        tpot_limit_ms=o["tpot_limit"],
         n_trials=o["n_trials"] or (None if o["timeout"] else 100), timeout_s=o["timeout"],
         study=o["study_name"], storage=o["storage"],
         resume=o["resume"], max_num_seqs=o["max_num_seqs"], gpu_memory_fraction=o["gpu_memory_fraction"],

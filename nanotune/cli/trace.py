@@ -2,13 +2,15 @@
 
 One source, then optional steps, then one or more outputs:
 
-    source    --dataset NAME (synthetic: constant, random, sharegpt, lmsys, splitwise)
+    source    --dataset NAME (synthetic: sharegpt, lmsys, splitwise, constant[:IN:OUT], random[:IN:OUT[:RATIO]])
               | --from FILE  | --stats FILE   (any format `workloads.readers` reads)
-    steps     --filter F, -n N (first N after the filter), arrivals (--rate/--burstiness,
-              --time-scale, --offline)
+              parsed by `workloads.spec`, the parser bench and search use
+    steps     --filter F (default: the dataset's, workloads.spec.DEFAULT_FILTERS), -n N (first N after the
+              filter), arrivals (--rate/--burstiness, --time-scale, --offline)
     outputs   -o FILE (our JSONL), --stats (table, or --json), --plot PNG
 
-    nanotune trace --dataset sharegpt -n 10000 --seed 1 --stats
+    nanotune trace --dataset sharegpt -n 10000 --seed 1 --stats               # vLLM's request set
+    nanotune trace --dataset sharegpt --filter none -n 10000 --seed 1 --stats # the calibrated raw lengths
     nanotune trace --dataset splitwise -n 2000 --rate measured -o splitwise.jsonl
     nanotune trace --from ShareGPT_V3.json --tokenizer ./llama3 --filter vllm -n 1000 -o sharegpt.jsonl
     nanotune trace --stats azure_conv.csv --reference sharegpt --json
@@ -23,16 +25,19 @@ import click
 
 from nanotune.console import console, err_console
 from nanotune.errors import UserError
+from workloads.spec import DEFAULT_NUM_REQUESTS
 
 STATS_OF_RESULT = "\0"  # --stats given without a FILE: summarize the trace this command makes
-DEFAULT_NUM_REQUESTS = 1000
 REFERENCE_DRAWS = 100_000
 """Draws standing for a dataset named as --reference (stratified, so they trace its calibrated curve)."""
 
 
 @click.command(name="trace")
 @click.option(
-    "-d", "--dataset", metavar="NAME", help="Synthetic dataset: constant, random, sharegpt, lmsys, splitwise."
+    "-d",
+    "--dataset",
+    metavar="NAME",
+    help="Synthetic dataset: sharegpt, lmsys, splitwise, constant[:IN:OUT], random[:IN:OUT[:RATIO]].",
 )
 @click.option(
     "--from", "source", metavar="FILE", help="Read a real trace file (converted to our JSONL with -o)."
@@ -55,10 +60,9 @@ REFERENCE_DRAWS = 100_000
 @click.option(
     "--filter",
     "filter_spec",
-    default="none",
-    show_default=True,
     metavar="F",
-    help="none | vllm (vLLM's ShareGPT rule) | max-len:N (truncate prompts to fit N).",
+    help="none | vllm (vLLM's ShareGPT rule) | max-len:N (truncate prompts to fit N) [default: the dataset's: "
+    "vllm for sharegpt and lmsys (datasets and dumps), max-len:4096 for splitwise, else none].",
 )
 @click.option(
     "--rate",
@@ -154,17 +158,17 @@ def command(
     if dataset is not None:
         if tokenizer is not None:
             raise UserError("--tokenizer applies to files with text, not to --dataset")
-        n = DEFAULT_NUM_REQUESTS if num_requests is None else num_requests
-        trace = workloads.generate(dataset, n, seed, filter=filter_spec, **gen_params)
-        measured = workloads.measured_arrivals(dataset)
+        spec = workloads.parse_workload(dataset, num_requests, seed, filter_spec, is_file=False, **gen_params)
+        trace = spec.load()
+        measured = workloads.measured_arrivals(spec.source)
     else:
         if gen_params:
             raise UserError(
                 f"{', '.join('--' + k.replace('_', '-') for k in gen_params)} apply to --dataset only"
             )
         path = stats_file or source
-        trace = workloads.read_trace(path, fmt, tokenizer)
-        trace = workloads.apply_filter(trace, filter_spec).head(num_requests)
+        spec = workloads.parse_workload(path, num_requests, seed, filter_spec, fmt, tokenizer, is_file=True)
+        trace = spec.load()
         rate_, cv = workloads.arrival_stats(trace.arrivals)
         measured = {"rate": rate_, "cv": cv} if rate_ and cv else None
     trace = workloads.resolve_arrivals(
@@ -189,7 +193,9 @@ def command(
         elif ref_trace is not None:
             _print_stats(trace, result, workloads.trace_stats(ref_trace), ref_label)
         else:
-            embedded = _embedded_reference(dataset) if dataset else None
+            # The embedded figures are of the raw file: beside a filtered draw they would only show the filter.
+            is_raw = (trace.meta.get("filter") or {}).get("spec", "none") == "none"
+            embedded = _embedded_reference(spec.source) if dataset and is_raw else None
             _print_stats(trace, result, embedded, embedded and embedded["label"])
     if plot is not None:
         _plot(trace, ref_trace, plot, ref_label)
@@ -201,10 +207,12 @@ def _reference(spec: str, tokenizer):
     import workloads
 
     if Path(spec).exists():
-        return workloads.read_trace(spec, "auto", tokenizer), spec
+        trace = workloads.parse_workload(spec, tokenizer=tokenizer, is_file=True).load()
+        return trace, f"{spec} (filter {trace.meta['filter']['spec']})"
     if spec in workloads.dataset_names():
-        label = f"{spec} ({REFERENCE_DRAWS:,} draws, seed 0)"
-        return workloads.generate(spec, REFERENCE_DRAWS, seed=0), label
+        trace = workloads.parse_workload(spec, REFERENCE_DRAWS, seed=0, is_file=False).load()
+        flt = trace.meta["filter"]["spec"]
+        return trace, f"{spec} ({REFERENCE_DRAWS:,} draws, seed 0, filter {flt})"
     raise UserError(
         f"--reference {spec}: no such file, and not a dataset ({', '.join(workloads.dataset_names())})"
     )
@@ -268,6 +276,10 @@ def _print_stats(trace, result, ref, ref_label):
         if result.rate is None
         else f"rate {result.rate:.3g} req/s, inter-arrival CV {_num(result.cv)}",
     ]
+    for key, words in (("num_skipped", "conversations without a prompt and a reply skipped"),
+                       ("num_failed", "failed requests (0 response tokens) dropped")):
+        if trace.meta.get(key):
+            lines.append(f"{words}: {trace.meta[key]:,}")
     if ref_label:
         lines.append(f"reference: {ref_label}")
     if result.ks is not None:

@@ -11,8 +11,6 @@ from nanotune.results import results_root
 from nanotune.search.profiledata import Profile, load_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# Filters the benchmarks apply to generated datasets (scripts/engine_throughput.py): search predicts the same.
-DATASET_FILTERS = {"sharegpt": "vllm", "lmsys": "vllm", "splitwise": "max-len:4096"}
 
 
 def resolve_model(name: str) -> tuple[str, str | None]:
@@ -88,36 +86,33 @@ class Workload:
     label: str  # for run ids and study names: "sharegpt", "constant-1024x512", a file's stem
     spec: str
     lengths: list[tuple[int, int]]
-    meta: dict
-    num_dropped: int = 0  # requests longer than the model's context, left out
+    meta: dict  # the trace's, with "unrunnable": the requests left out and why (workloads.runnable)
+    num_dropped: int = 0  # requests that cannot run on the model (over its context, empty), left out
+
+    @property
+    def summary(self) -> dict:
+        """The request statistics `nanotune bench` prints and stores for the same workload."""
+        from workloads import request_summary
+
+        return request_summary(self.lengths, self.meta)
 
 
 DEFAULT_NUM_REQUESTS = 2000  # draws of a generated dataset: enough for its length statistics
 
 
-def load_workload(spec: str, num_requests: int | None, seed: int, max_model_len: int) -> Workload:
-    """A trace file (its first num_requests, default all), a dataset name, or NAME:IN:OUT for
-    constant/random lengths (num_requests draws, default DEFAULT_NUM_REQUESTS)."""
+def load_workload(spec: str, num_requests: int | None, seed: int, max_model_len: int,
+                  filter: str | None = None) -> Workload:
+    """The workload `spec` names (workloads.spec, the parser bench and trace use: a dataset with its default
+    filter, constant:IN:OUT, random:IN:OUT[:RATIO] or a trace file), less the requests that cannot run in
+    max_model_len. A dataset draws num_requests (default DEFAULT_NUM_REQUESTS), a file keeps its first."""
     import workloads
+    from workloads.runnable import num_dropped
 
-    path = Path(spec)
-    if path.exists() or "/" in spec or spec.endswith((".jsonl", ".json", ".csv", ".gz")):
-        trace = workloads.read_trace(spec).head(num_requests)
-        label = path.stem
-    else:
-        name, *lens = spec.split(":")
-        params = {}
-        if lens:
-            if name not in ("constant", "random") or len(lens) != 2 or not all(x.isdigit() for x in lens):
-                raise UserError(f"workload '{spec}': expected a dataset name, constant:IN:OUT, random:IN:OUT "
-                                "or a trace file")
-            params = {"input_len": int(lens[0]), "output_len": int(lens[1])}
-        if name in DATASET_FILTERS:
-            params["filter"] = DATASET_FILTERS[name]
-        trace = workloads.generate(name, num_requests or DEFAULT_NUM_REQUESTS, seed, **params)
-        label = f"{name}-{lens[0]}x{lens[1]}" if lens else name
-    pairs = [(int(r.prompt_len), int(r.output_len)) for r in trace.requests]
-    kept = [(p, o) for p, o in pairs if p + o <= max_model_len and p > 0 and o > 0]
-    if not kept:
-        raise UserError(f"workload '{spec}': no request fits the model's {max_model_len}-token context")
-    return Workload(label, spec, kept, dict(trace.meta), len(pairs) - len(kept))
+    if num_requests is None and not workloads.is_file_spec(spec):
+        num_requests = DEFAULT_NUM_REQUESTS
+    parsed = workloads.parse_workload(spec, num_requests, seed, filter)
+    trace = workloads.drop_unrunnable(parsed.load(), max_model_len)
+    if not len(trace):
+        raise UserError(f"workload '{spec}': no request can run (dropped {workloads.describe_dropped(trace.meta)})")
+    kept = [(int(r.prompt_len), int(r.output_len)) for r in trace.requests]
+    return Workload(parsed.label, spec, kept, dict(trace.meta), num_dropped(trace.meta))

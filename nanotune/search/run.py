@@ -24,9 +24,10 @@ class SearchConfig:
     tp: int = 1
     gpu: str | None = None  # use results/reference/<gpu>/profile-<model>-tp<N>.json
     profile: str | None = None  # an explicit profile file
-    workload: str = "sharegpt"  # dataset name, constant:IN:OUT, random:IN:OUT or a trace file
+    workload: str = "sharegpt"  # dataset name, constant:IN:OUT, random:IN:OUT[:RATIO] or a trace file
     num_requests: int | None = None
     seed: int = 0
+    filter: str | None = None  # None: the dataset's default (workloads.spec.DEFAULT_FILTERS)
     objective: str = "throughput"
     tpot_limit_ms: float | None = None
     n_trials: int | None = 100
@@ -61,7 +62,9 @@ def _has_gpu() -> bool:
 
 def prepare(cfg: SearchConfig, log) -> tuple[SearchContext, dict]:
     """Model, profile, workload -> the model context and the identity of the study."""
+    from engine.config import resolve_max_model_len
     from engine.presets import get_preset
+    from workloads import summary_line
 
     has_gpu = _has_gpu()
     model_arg = cfg.model
@@ -75,8 +78,9 @@ def prepare(cfg: SearchConfig, log) -> tuple[SearchContext, dict]:
     profile, source = resolve.find_profile(model, cfg.tp, cfg.gpu, cfg.profile, cfg.results_dir, has_gpu)
     resolve.check_profile_matches(profile, model, cfg.tp)
     log(f"profile: {source} ({profile.gpu_name}, {profile.num_sms} SMs)")
-    max_model_len = min(get_preset(model).max_position, 8192)  # the engine's default
-    wl = resolve.load_workload(cfg.workload, cfg.num_requests, cfg.seed, max_model_len)
+    max_model_len = resolve_max_model_len(get_preset(model))  # what the engine serves by default
+    wl = resolve.load_workload(cfg.workload, cfg.num_requests, cfg.seed, max_model_len, cfg.filter)
+    log(summary_line(wl.summary))
     stats = WorkloadStats.of(*zip(*wl.lengths, strict=True))
     memory = cfg.gpu_memory_gib or gpu_memory_gib(profile.gpu_name, profile.data.get("gpu"))
     ctx = SearchContext(profile, stats, Shard.of(profile.shapes), memory, cfg.objective, cfg.tpot_limit_ms,
@@ -84,6 +88,8 @@ def prepare(cfg: SearchConfig, log) -> tuple[SearchContext, dict]:
                         wl.lengths)
     identity = {"model": model, "tp": cfg.tp, "workload": cfg.workload, "objective": cfg.objective,
                 "max_num_seqs": cfg.max_num_seqs, "profile": profile.path}
+    if cfg.filter:  # only when given, so studies made before --filter existed still resume
+        identity["filter"] = cfg.filter
     info = {"model": model, "model_alias": alias, "profile_source": source, "workload": wl, "has_gpu": has_gpu,
             "identity": identity}
     return ctx, info
@@ -153,7 +159,8 @@ def search(cfg: SearchConfig, log=print) -> tuple[dict, object]:
                     "num_sms": ctx.profile.num_sms, "peaks": ctx.profile.peaks,
                     "notes": ctx.profile.data.get("notes", [])},
         "workload": {"spec": wl.spec, "label": wl.label, "num_requests": len(wl.lengths),
-                     "num_dropped_too_long": wl.num_dropped, "stats": ctx.stats.to_dict(), "meta": wl.meta},
+                     "num_dropped_too_long": wl.num_dropped, "requests": wl.summary, "stats": ctx.stats.to_dict(),
+                     "meta": wl.meta},
         "engine": {"max_num_seqs": cfg.max_num_seqs or "searched", "gpu_memory_fraction": cfg.gpu_memory_fraction,
                    "gpu_memory_gib": ctx.memory_gib, "block_size": cfg.block_size, "max_model_len": ctx.max_model_len},
         "objective": cfg.objective, "tpot_limit_ms": cfg.tpot_limit_ms, "composition": cfg.composition,

@@ -63,7 +63,7 @@ def open_study(name: str, storage: str, objective: str, seed: int, resume: bool,
             raise UserError(f"--resume: no study '{name}' in {storage} (studies there: {have})")
         study = optuna.load_study(study_name=name, storage=storage)
         stored = study.user_attrs.get("nanotune", {})
-        for key in ("model", "tp", "workload", "objective"):
+        for key in ("model", "tp", "workload", "filter", "objective"):
             if key in stored and stored[key] != identity.get(key):
                 raise UserError(f"--resume: study '{name}' was run with {key} {stored[key]!r}, not "
                                 f"{identity.get(key)!r}")
