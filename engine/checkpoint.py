@@ -54,6 +54,10 @@ def _pos_int(value, raw):
     return None if isinstance(value, int) and not isinstance(value, bool) and value > 0 else "expected an integer > 0"
 
 
+def _nonneg_int(value, raw):
+    return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else "expected an integer >= 0"
+
+
 def _opt_pos_int(value, raw):
     return None if value is None else _pos_int(value, raw)
 
@@ -131,7 +135,7 @@ FIELDS = {
     "llama": {**COMMON, "attention_bias": _bool, "mlp_bias": _bool},
     "mistral": {**COMMON, "sliding_window": _window},
     "qwen2": {**COMMON, "use_sliding_window": _bool, "sliding_window": _window,
-              "max_window_layers": _pos_int, "layer_types": _layer_types},
+              "max_window_layers": _nonneg_int, "layer_types": _layer_types},
 }
 
 

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from engine.kernels._compat import cdiv, require_triton, round_to, tl, triton
 
-
 _ACT_REF = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu,
             "gelu_pytorch_tanh": lambda t: F.gelu(t, approximate="tanh")}
 _ACT_ID = {"silu": 0, "swish": 0, "gelu": 1, "gelu_pytorch_tanh": 2}  # the kernel's ACT constexpr
@@ -38,9 +37,10 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, inter, BLOCK: tl.co
         a = g / (1.0 + tl.exp(-g))
     elif ACT == 1:  # gelu, erf form
         a = 0.5 * g * (1.0 + tl.erf(g * 0.7071067811865476))
-    else:  # gelu, tanh form: tanh(y) = 1 - 2 / (1 + exp(2y))
+    else:  # gelu, tanh form, in torch's order: 0.5 g (1 + tanh(y)), y = sqrt(2 / pi) (g + 0.044715 g^3)
         y = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-        a = 0.5 * g * (2.0 - 2.0 / (1.0 + tl.exp(2.0 * y)))
+        t = 1.0 - 2.0 / (1.0 + tl.exp(2.0 * tl.abs(y)))  # tanh |y|, accurate where 1 + tanh y cancels
+        a = 0.5 * g * (1.0 + tl.where(y < 0, -t, t))
     act = round_to(a, dt)  # rounded like HF's activation output
     tl.store(out_ptr + row * stride_o + cols, round_to(act * u, dt).to(dt), mask=mask)
 
