@@ -71,6 +71,8 @@ class LLMEngine:
         self.config = config
         self.model_config = load_model_config(config.model)
         mc = self.model_config
+        # A sliding window needs no rule here: windowed layers read only their last W keys, and the cache
+        # keeps every block of a sequence (as for full attention), so any length up to max_position is exact.
         self.max_model_len = config.max_model_len or min(mc.max_position, 8192)
         if self.max_model_len > mc.max_position:
             raise EngineConfigError(f"max_model_len {self.max_model_len} exceeds the model's "
