@@ -39,7 +39,7 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, inter, BLOCK: tl.co
         a = 0.5 * g * (1.0 + tl.erf(g * 0.7071067811865476))
     else:  # gelu, tanh form, in torch's order: 0.5 g (1 + tanh(y)), y = sqrt(2 / pi) (g + 0.044715 g^3)
         y = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-        t = 1.0 - 2.0 / (1.0 + tl.exp(2.0 * tl.abs(y)))  # tanh |y|, accurate where 1 + tanh y cancels
+        t = 1.0 - 2.0 / (1.0 + tl.exp(tl.minimum(2.0 * tl.abs(y), 60.0)))  # tanh |y|, accurate where 1 + tanh y cancels
         a = 0.5 * g * (1.0 + tl.where(y < 0, -t, t))
     act = round_to(a, dt)  # rounded like HF's activation output
     tl.store(out_ptr + row * stride_o + cols, round_to(act * u, dt).to(dt), mask=mask)
