@@ -10,6 +10,10 @@ from pathlib import Path
 
 from engine.errors import EngineConfigError, read_json
 
+# MLP activations the engine implements (Hugging Face's names; "swish" is HF's alias of silu). One owner:
+# the checkpoint guard refuses others, the activation kernels branch on these.
+ACTIVATIONS = ("silu", "swish", "gelu", "gelu_pytorch_tanh")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -27,10 +31,17 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # HF form: {"rope_type": "llama3"|"linear", "factor": ..., ...}
     max_position: int = 4096
-    qkv_bias: bool = False  # Qwen2
+    qkv_bias: bool = False  # Qwen2; Llama attention_bias
     tie_word_embeddings: bool = False
     eos_token_ids: tuple[int, ...] = ()
     model_type: str = "llama"
+    o_bias: bool = False  # Llama attention_bias: o_proj has a bias too
+    mlp_bias: bool = False  # Llama mlp_bias: gate, up and down have biases
+    hidden_act: str = "silu"  # one of ACTIVATIONS
+    # Sliding-window attention, HF semantics: the query at position p sees keys p - W < k <= p (itself and
+    # W - 1 before it). window_layers: the layers that apply it (None: every layer; Qwen2 picks some).
+    sliding_window: int | None = None
+    window_layers: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -38,6 +49,15 @@ class ModelConfig:
                 f"model {self.name}: num_heads {self.num_heads} is not a multiple of "
                 f"num_kv_heads {self.num_kv_heads}"
             )
+        if self.hidden_act not in ACTIVATIONS:
+            raise EngineConfigError(f"model {self.name}: hidden_act '{self.hidden_act}' is not implemented "
+                                    f"(supported: {', '.join(ACTIVATIONS)})")
+
+    def layer_window(self, layer: int) -> int:
+        """Sliding window of `layer` in tokens; 0 = full causal attention. A static kernel argument."""
+        if self.sliding_window is None or (self.window_layers is not None and layer not in self.window_layers):
+            return 0
+        return self.sliding_window
 
     @property
     def q_size(self) -> int:
@@ -58,6 +78,10 @@ class ModelConfig:
         per_layer = h * self.qkv_size + self.q_size * h + 3 * h * i + 2 * h
         if self.qkv_bias:
             per_layer += self.qkv_size
+        if self.o_bias:
+            per_layer += h
+        if self.mlp_bias:
+            per_layer += 2 * i + h
         embed = self.vocab_size * h
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         return embed + head + self.num_layers * per_layer + h
@@ -134,14 +158,18 @@ class CacheInfo:
 
 
 def model_config_from_hf(path: str | Path) -> ModelConfig:
-    """Read a Hugging Face `config.json` (llama, mistral, qwen2) into a ModelConfig."""
+    """Read a Hugging Face `config.json` (llama, mistral, qwen2) into a ModelConfig.
+
+    Every field is checked first (engine.checkpoint): one the engine does not implement is refused, named."""
+    from engine.checkpoint import check_config  # it imports ACTIVATIONS from here
+
     path = Path(path)
     cfg_file = path / "config.json"
     raw = read_json(cfg_file, "no such file (expected a Hugging Face checkpoint directory)")
+    if not isinstance(raw, dict):
+        raise EngineConfigError(f"{cfg_file}: expected a JSON object")
+    check_config(raw, cfg_file)
     model_type = raw.get("model_type", "llama")
-    if model_type not in ("llama", "mistral", "qwen2"):
-        raise EngineConfigError(f"{cfg_file}: field 'model_type': unsupported '{model_type}' "
-                                "(supported: llama, mistral, qwen2)")
 
     def need(key):
         if key not in raw:
@@ -149,6 +177,7 @@ def model_config_from_hf(path: str | Path) -> ModelConfig:
         return raw[key]
 
     hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+    num_layers = int(need("num_hidden_layers"))
     # transformers >= 5 keeps rope settings in rope_parameters; 4.x in rope_theta + rope_scaling.
     rope = dict(raw.get("rope_parameters") or {})
     theta = float(rope.pop("rope_theta", raw.get("rope_theta", 10000.0)))
@@ -156,19 +185,19 @@ def model_config_from_hf(path: str | Path) -> ModelConfig:
     if scaling is not None:
         scaling = dict(scaling)
         scaling.setdefault("rope_type", scaling.get("type", "default"))
+        scaling.pop("partial_rotary_factor", None)  # 1.0 (checked): no effect
         if scaling["rope_type"] == "default":
             scaling = None
-        elif scaling["rope_type"] not in ("llama3", "linear"):
-            raise EngineConfigError(f"{cfg_file}: field 'rope_scaling': unsupported rope_type "
-                                    f"'{scaling['rope_type']}' (supported: llama3, linear)")
     eos = raw.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+    window, window_layers = _hf_sliding_window(raw, model_type, num_layers)
+    attention_bias = model_type == "llama" and bool(raw.get("attention_bias", False))
     return ModelConfig(
         name=path.name,
         vocab_size=int(need("vocab_size")),
         hidden_size=hidden,
         intermediate_size=int(need("intermediate_size")),
-        num_layers=int(need("num_hidden_layers")),
+        num_layers=num_layers,
         num_heads=heads,
         num_kv_heads=int(raw.get("num_key_value_heads") or heads),
         head_dim=int(raw.get("head_dim") or hidden // heads),
@@ -176,8 +205,31 @@ def model_config_from_hf(path: str | Path) -> ModelConfig:
         rope_theta=theta,
         rope_scaling=scaling,
         max_position=int(raw.get("max_position_embeddings", 4096)),
-        qkv_bias=model_type == "qwen2" or bool(raw.get("attention_bias", False)),
+        qkv_bias=model_type == "qwen2" or attention_bias,  # Qwen2: q/k/v biases always, o_proj none
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         eos_token_ids=eos_ids,
         model_type=model_type,
+        o_bias=attention_bias,
+        mlp_bias=model_type == "llama" and bool(raw.get("mlp_bias", False)),
+        hidden_act=raw.get("hidden_act", "silu"),
+        sliding_window=window,
+        window_layers=window_layers,
     )
+
+
+def _hf_sliding_window(raw: dict, model_type: str, num_layers: int) -> tuple[int | None, tuple[int, ...] | None]:
+    """-> (window, the layers using it; None = all), as transformers' Mistral and Qwen2 decide them.
+
+    Mistral: `sliding_window` on every layer (null: none). Qwen2: only with `use_sliding_window`; then the
+    layers whose `layer_types` entry is "sliding_attention", and without layer_types (transformers 4.x
+    configs) the layers i >= `max_window_layers` (Qwen2Config.__post_init__ builds layer_types that way)."""
+    window = raw.get("sliding_window")
+    if model_type == "mistral":
+        return window, None
+    if model_type != "qwen2" or not raw.get("use_sliding_window", False) or window is None:
+        return None, None
+    types = raw.get("layer_types") or [
+        "sliding_attention" if i >= raw.get("max_window_layers", 28) else "full_attention"
+        for i in range(num_layers)]
+    layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+    return (window, layers) if layers else (None, None)

@@ -70,6 +70,8 @@ class LLMEngine:
         self.config = config
         self.model_config = load_model_config(config.model)
         mc = self.model_config
+        # A sliding window needs no rule here: windowed layers read only their last W keys, and the cache
+        # keeps every block of a sequence (as for full attention), so any length up to max_position is exact.
         self.max_model_len = resolve_max_model_len(mc, config.max_model_len)
         self.runner = ModelRunner(config, mc, self.max_model_len)
         info = self.runner.cache_info

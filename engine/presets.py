@@ -30,9 +30,12 @@ PRESETS: dict[str, ModelConfig] = {p.name: p for p in [
        max_position=32768, qkv_bias=True, eos_token_ids=(151643,), model_type="qwen2"),
     _m("qwen2-72b", 152064, 8192, 29568, 80, 64, 8, rms_norm_eps=1e-6, rope_theta=1000000.0,
        max_position=32768, qkv_bias=True, eos_token_ids=(151643,), model_type="qwen2"),
-    # Mistral-7B v0.3 (v0.1's 4096-token sliding window is not modelled; v0.2+ have none).
+    # Mistral-7B v0.3 (v0.2+ have no sliding window).
     _m("mistral-7b", 32768, 4096, 14336, 32, 32, 8, rope_theta=1000000.0, max_position=32768,
        eos_token_ids=(2,), model_type="mistral"),
+    # Mistral-7B v0.1: a 4096-token sliding window on every layer (attention kernels apply it).
+    _m("mistral-7b-v0.1", 32000, 4096, 14336, 32, 32, 8, rope_theta=10000.0, max_position=32768,
+       eos_token_ids=(2,), model_type="mistral", sliding_window=4096),
     # Tiny models for tests and for the CPU default run: real Llama-3 structure (GQA), small shapes.
     _m("tiny-llama", 2048, 256, 512, 4, 8, 4, head_dim=32, rope_theta=500000.0, max_position=4096,
        eos_token_ids=(1,)),

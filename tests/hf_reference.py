@@ -54,8 +54,13 @@ def save_tiny_checkpoint(variant: str, path, seed: int = 0):
 
     cfg_cls, model_cls, extra = VARIANTS[variant]
     cfg = getattr(transformers, cfg_cls)(**TINY, **extra)
+    return save_tiny_model(getattr(transformers, model_cls), cfg, path, seed)
+
+
+def save_tiny_model(make_model, cfg, path, seed: int = 0):
+    """make_model(cfg) -> an HF model (a model class); its weights are redrawn well spread and saved to path."""
     torch.manual_seed(seed)
-    model = getattr(transformers, model_cls)(cfg).float().eval()
+    model = make_model(cfg).float().eval()
     with torch.no_grad():  # HF's 0.02-std init makes near-uniform logits (argmax ties); spread them
         for name, p in model.named_parameters():
             if "norm" in name:

@@ -18,7 +18,13 @@ normalized partial output and its log2-sum-exp, and a second small kernel merges
 max_programs: the grid is min(work items, max_programs) programs, each looping over items pid, pid + P,
 ... so the engine can confine decode attention to an SM budget and run GEMMs beside it on another stream.
 
-Whole tiles run without masks; only a window's last, partial tile is masked (_attend_tile, MASKED). With
+Sliding window (WINDOW > 0, a constexpr: one compiled variant per window size, static under CUDA graphs):
+the query at position ctx - 1 sees keys [ctx - WINDOW, ctx). The splits then cover [base, ctx), base =
+that start rounded down to BLOCK_N, so no work item walks keys nobody sees; only split 0's first tile masks
+the keys below the window (head tile). Blocks past the window stay in the cache (the block manager frees a
+sequence's blocks only when it finishes): the kernel skips them, it never needs them to be absent.
+
+Whole tiles run without masks; only a page window's last, partial tile is masked (_attend_tile, MASKED). With
 one program per SM the loop is issue-bound (ncu at 44 programs: one warp per scheduler, an instruction every
 3.8 cycles; results/reference/h200/ncu-decode-44.txt) and masks on every tile cost ~25% of its rate.
 
@@ -48,10 +54,12 @@ from engine.kernels._compat import (
 )
 
 
-def decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale, *, out=None, **_ignored):
+def decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale, *, out=None, window=0,
+                         **_ignored):
     """Torch reference and CPU path: gathers every sequence's pages padded to the longest, fp32 math.
 
     q [S, H, D]; caches [NB, Hkv, BS, D]; block_tables int32 [S, MB]; context_lens int32 [S] -> [S, H, D].
+    window > 0: sliding window, keys [ctx - window, ctx) only (HF: k > q_pos - window).
     """
     num_seqs, num_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = k_cache.shape
@@ -66,6 +74,8 @@ def decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale,
 
     pos = torch.arange(nblk * block_size, device=q.device)
     valid = pos[None, :] < context_lens[:, None].to(pos.dtype)  # [S, N]
+    if window > 0:
+        valid &= pos[None, :] >= context_lens[:, None].to(pos.dtype) - window
     # slots past a context hold anything (NaN in a poisoned cache): zero them, since 0 * NaN is NaN
     invalid = ~valid[:, None, :, None]
     k, v = gather(k_cache).masked_fill_(invalid, 0.0), gather(v_cache).masked_fill_(invalid, 0.0)
@@ -114,11 +124,12 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, num_pr
 
 
 @triton.jit
-def _attend_tile(q, acc, m_i, l_i, pages, page0, t0, w_end, kc_ptr, vc_ptr, head_off, stride_cb, stride_ct,
-                 scale_log2, n, d, BLOCK_SIZE: tl.constexpr, WINDOW_PAGES: tl.constexpr, MASKED: tl.constexpr,
-                 DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
-    """One BLOCK_N-token tile of the online softmax. MASKED only for a window's last, partial tile: masks on
-    every tile cost ~30% of the loop's rate with one program per SM (scripts/decode_ablation.py)."""
+def _attend_tile(q, acc, m_i, l_i, pages, page0, t0, w_start, w_end, kc_ptr, vc_ptr, head_off, stride_cb,
+                 stride_ct, scale_log2, n, d, BLOCK_SIZE: tl.constexpr, WINDOW_PAGES: tl.constexpr,
+                 MASKED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    """One BLOCK_N-token tile of the online softmax over keys [w_start, w_end). MASKED only for a page window's
+    last, partial tile and a sliding window's first one: masks on every tile cost ~30% of the loop's rate
+    with one program per SM (scripts/decode_ablation.py). A masked tile has at least one visible key."""
     tok = t0 + n  # [BLOCK_N]
     idx = tok // BLOCK_SIZE - page0
     if MASKED:
@@ -126,7 +137,7 @@ def _attend_tile(q, acc, m_i, l_i, pages, page0, t0, w_end, kc_ptr, vc_ptr, head
     blk = tl.gather(pages, idx, axis=0)
     off = blk.to(tl.int64) * stride_cb + head_off + (tok % BLOCK_SIZE) * stride_ct
     if MASKED:
-        valid = tok < w_end
+        valid = (tok < w_end) & (tok >= w_start)
         k = tl.load(kc_ptr + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)  # [N, D]
         v = tl.load(vc_ptr + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)
     else:
@@ -155,7 +166,7 @@ def _decode_kernel(
     stride_qs, stride_qh, stride_cb, stride_ch, stride_ct, stride_bt, stride_os, stride_oh,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW_PAGES: tl.constexpr, DIRECT: tl.constexpr,
-    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, WINDOW: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -168,7 +179,11 @@ def _decode_kernel(
         seq = (w // NUM_KV_HEADS) % num_seqs
         split = w // (NUM_KV_HEADS * num_seqs)
         ctx = tl.load(ctx_ptr + seq)
-        start = split * split_len  # a multiple of BLOCK_N, hence of BLOCK_SIZE
+        lo = ctx * 0  # first visible key
+        if WINDOW > 0:
+            lo = tl.maximum(ctx - WINDOW, 0)
+        base = lo // BLOCK_N * BLOCK_N
+        start = base + split * split_len  # a multiple of BLOCK_N, hence of BLOCK_SIZE
         # the last split takes whatever is left, so no token is lost whatever split_len the host chose
         end = tl.where(split == num_splits - 1, ctx, tl.minimum(ctx, start + split_len))
         if (start < end) | DIRECT:  # DIRECT: also write zeros for an empty context
@@ -187,14 +202,21 @@ def _decode_kernel(
                 pages = tl.load(bt_ptr + seq * stride_bt + page0 + pg,
                                 mask=pg * BLOCK_SIZE < w_end - w0, other=0)  # [WINDOW_PAGES] block ids
                 # whole tiles without masks (the loop the pipeliner streams), then at most one masked tail
-                full_end = w0 + (w_end - w0) // BLOCK_N * BLOCK_N
-                for t0 in range(w0, full_end, BLOCK_N):
+                t_first = w0
+                if WINDOW > 0:
+                    if w0 < lo:  # the sliding window starts inside this first tile: mask the keys below it
+                        acc, m_i, l_i = _attend_tile(
+                            q, acc, m_i, l_i, pages, page0, w0, lo, w_end, kc_ptr, vc_ptr, head_off, stride_cb,
+                            stride_ct, scale_log2, n, d, BLOCK_SIZE, WINDOW_PAGES, True, DOT_F32, PRECISION)
+                        t_first = w0 + BLOCK_N
+                full_end = t_first + tl.maximum(w_end - t_first, 0) // BLOCK_N * BLOCK_N
+                for t0 in range(t_first, full_end, BLOCK_N):
                     acc, m_i, l_i = _attend_tile(
-                        q, acc, m_i, l_i, pages, page0, t0, w_end, kc_ptr, vc_ptr, head_off, stride_cb, stride_ct,
-                        scale_log2, n, d, BLOCK_SIZE, WINDOW_PAGES, False, DOT_F32, PRECISION)
+                        q, acc, m_i, l_i, pages, page0, t0, 0, w_end, kc_ptr, vc_ptr, head_off, stride_cb,
+                        stride_ct, scale_log2, n, d, BLOCK_SIZE, WINDOW_PAGES, False, DOT_F32, PRECISION)
                 if full_end < w_end:
                     acc, m_i, l_i = _attend_tile(
-                        q, acc, m_i, l_i, pages, page0, full_end, w_end, kc_ptr, vc_ptr, head_off, stride_cb,
+                        q, acc, m_i, l_i, pages, page0, full_end, 0, w_end, kc_ptr, vc_ptr, head_off, stride_cb,
                         stride_ct, scale_log2, n, d, BLOCK_SIZE, WINDOW_PAGES, True, DOT_F32, PRECISION)
             l_safe = tl.where(l_i > 0, l_i, 1.0)
             o = acc / l_safe[:, None]
@@ -212,7 +234,8 @@ def _decode_kernel(
 @triton.jit(do_not_specialize=["num_items", "num_splits", "split_len"])
 def _decode_reduce_kernel(
     mid_o_ptr, mid_lse_ptr, ctx_ptr, out_ptr, num_items, num_heads, num_splits, split_len,
-    stride_os, stride_oh, HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    stride_os, stride_oh, HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, BLOCK_N: tl.constexpr = 1,
+    WINDOW: tl.constexpr = 0,
 ):
     # one item per (seq, head): merge its active splits' partial outputs by their log-sum-exp weights
     pid = tl.program_id(0)
@@ -223,7 +246,11 @@ def _decode_reduce_kernel(
         seq = w // num_heads
         head = w % num_heads
         ctx = tl.load(ctx_ptr + seq)
-        active = sp < tl.minimum((ctx + split_len - 1) // split_len, num_splits)  # splits that saw a token
+        base = ctx * 0  # as in _decode_kernel
+        if WINDOW > 0:
+            base = tl.maximum(ctx - WINDOW, 0) // BLOCK_N * BLOCK_N
+        span = ctx - base
+        active = sp < tl.minimum((span + split_len - 1) // split_len, num_splits)  # splits that saw a token
         row = w * num_splits + sp
         lse = tl.load(mid_lse_ptr + row, mask=active, other=float("-inf"))  # [SPLITS_PAD]
         m = tl.maximum(tl.max(lse, axis=0), -1e30)  # finite even when ctx == 0 (all splits inactive)
@@ -235,7 +262,7 @@ def _decode_reduce_kernel(
 
 
 def decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, *, out=None,
-                     max_programs=None, num_splits=None, config: DecodeConfig | None = None):
+                     max_programs=None, num_splits=None, config: DecodeConfig | None = None, window: int = 0):
     """Triton paged decode attention; arguments as decode_attention_ref. -> [S, H, D] in q's dtype.
 
     num_splits=None picks splits from the block-table width (a host-side bound on the context, no sync),
@@ -258,6 +285,8 @@ def decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, *, 
     block_n = max(cfg.block_n, block_size)
     window_pages = max(cfg.window_pages, block_n // block_size)
     max_context = block_tables.shape[1] * block_size
+    if window > 0:  # keys a work item may walk: [base, ctx), fewer than window + BLOCK_N
+        max_context = min(max_context, cdiv(window, block_n) * block_n + block_n)
     budget = max_programs or num_sms(q.device.index if q.is_cuda else None)
     if num_splits is None:
         num_splits = choose_num_splits(num_seqs, num_kv_heads, max_context, budget)
@@ -279,7 +308,7 @@ def decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, *, 
         block_tables.stride(0), out.stride(0), out.stride(1),
         NUM_KV_HEADS=num_kv_heads, GROUP=group, G_PAD=max(16, next_pow2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, WINDOW_PAGES=next_pow2(window_pages), DIRECT=direct,
-        DOT_F32=interpreted or q.dtype == torch.float32, PRECISION=dot_precision(q.dtype),
+        DOT_F32=interpreted or q.dtype == torch.float32, PRECISION=dot_precision(q.dtype), WINDOW=window,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not direct:
@@ -287,6 +316,7 @@ def decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, *, 
         rgrid = min(num_items, max_programs) if max_programs else num_items
         _decode_reduce_kernel[(rgrid,)](
             mid_o, mid_lse, context_lens, out, num_items, num_heads, num_splits, split_len,
-            out.stride(0), out.stride(1), HEAD_DIM=head_dim, SPLITS_PAD=next_pow2(num_splits), num_warps=4,
+            out.stride(0), out.stride(1), HEAD_DIM=head_dim, SPLITS_PAD=next_pow2(num_splits), BLOCK_N=block_n,
+            WINDOW=window, num_warps=4,
         )
     return out

@@ -10,6 +10,10 @@ idle for want of a longer sequence). A program takes BLOCK_Q query tokens x all 
 kv head as a [BLOCK_Q * G_PAD, D] tile (row r = token r // G_PAD, head r % G_PAD), so each K/V page is read
 once per kv head and the tile is tall enough for tensor cores. Keys before the tile's first query position
 need no causal mask; the loop over them is separate from the short masked tail.
+
+Sliding window (WINDOW > 0, a constexpr): query position p sees keys p - WINDOW < k <= p. The keys a tile
+needs start at its first query's window; a band of tiles where rows' windows begin is masked, the keys
+every row sees run unmasked, and the causal tail masks both. Blocks past the window stay in the cache.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from engine.kernels._compat import cdiv, dot_precision, is_interpreted, next_pow
 
 
 def prefill_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, *,
-                          max_seqlen_q=None, out=None):
-    """Torch reference and CPU path: one SDPA call per sequence (a loop over sequences, not tokens)."""
+                          max_seqlen_q=None, out=None, window=0):
+    """Torch reference and CPU path: one SDPA call per sequence (a loop over sequences, not tokens).
+
+    window > 0: sliding window, query position p sees keys p - window < k <= p (HF's rule)."""
     num_heads, head_dim = q.shape[1], q.shape[2]
     _, num_kv_heads, block_size, _ = k_cache.shape
     group = num_heads // num_kv_heads
@@ -47,6 +53,8 @@ def prefill_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlen
         qs = qs.reshape(num_kv_heads, group * q_len, head_dim)
         q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
         mask = torch.arange(seq_len, device=q.device)[None, :] <= q_pos[:, None]  # [q_len, L]
+        if window > 0:
+            mask &= torch.arange(seq_len, device=q.device)[None, :] > q_pos[:, None] - window
         o = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask.repeat(group, 1), scale=scale)
         o = o.view(num_kv_heads, group, q_len, head_dim).permute(2, 0, 1, 3)
         o = o.reshape(q_len, num_heads, head_dim)
@@ -57,8 +65,10 @@ def prefill_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlen
 @triton.jit
 def _attend(q, m_i, l_i, acc, kc_ptr, vc_ptr, bt_row_ptr, head_off, q_pos, lo, hi, scale_log2,
             stride_cb, stride_ct, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-            WINDOW_PAGES: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
-    # online softmax over keys [lo, hi) (lo a multiple of BLOCK_N); q [M, D] at positions q_pos [M]
+            WINDOW_PAGES: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+            WINDOW: tl.constexpr = 0):
+    # online softmax over keys [lo, hi) (lo a multiple of BLOCK_N); q [M, D] at positions q_pos [M];
+    # WINDOW > 0 also masks keys at or below q_pos - WINDOW
     n = tl.arange(0, BLOCK_N)
     d = tl.arange(0, HEAD_DIM)
     pg = tl.arange(0, WINDOW_PAGES)
@@ -79,10 +89,12 @@ def _attend(q, m_i, l_i, acc, kc_ptr, vc_ptr, bt_row_ptr, head_off, q_pos, lo, h
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # [M, BLOCK_N]
+            visible = valid[None, :]
             if CAUSAL:
-                s = tl.where((tok[None, :] <= q_pos[:, None]) & valid[None, :], s, float("-inf"))
-            else:
-                s = tl.where(valid[None, :], s, float("-inf"))
+                visible = visible & (tok[None, :] <= q_pos[:, None])
+            if WINDOW > 0:
+                visible = visible & (tok[None, :] > q_pos[:, None] - WINDOW)
+            s = tl.where(visible, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet stays at 0
             alpha = tl.exp2(m_i - m_safe)
@@ -99,7 +111,7 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_cb, stride_ch, stride_ct, stride_bt, stride_ot, stride_oh,
     GROUP: tl.constexpr, G_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW_PAGES: tl.constexpr, DOT_F32: tl.constexpr,
-    PRECISION: tl.constexpr, S_PAD: tl.constexpr,
+    PRECISION: tl.constexpr, S_PAD: tl.constexpr, WINDOW: tl.constexpr = 0,
 ):
     # program -> (sequence, query tile): tiles are numbered sequence by sequence, so the grid is the total
     # tile count (bounded on the host by cdiv(tokens, BLOCK_Q) + seqs) whatever the lengths; extra programs
@@ -138,12 +150,20 @@ def _prefill_kernel(
         first_pos = ctx_start + tile * BLOCK_Q
         full_hi = (first_pos // BLOCK_N) * BLOCK_N
         kv_hi = tl.minimum(seq_len, first_pos + BLOCK_Q)  # one past the tile's last query position
-        m_i, l_i, acc = _attend(q, m_i, l_i, acc, kc_ptr, vc_ptr, bt_row, head_off, q_pos, 0, full_hi,
+        band_lo = full_hi * 0  # keys [band_lo, band_hi): where some rows' sliding windows begin (masked)
+        band_hi = full_hi * 0
+        if WINDOW > 0:
+            band_lo = tl.minimum(tl.maximum(first_pos - WINDOW + 1, 0) // BLOCK_N * BLOCK_N, full_hi)
+            band_hi = tl.minimum(tl.maximum((kv_hi - WINDOW + BLOCK_N - 1) // BLOCK_N * BLOCK_N, band_lo), full_hi)
+            m_i, l_i, acc = _attend(q, m_i, l_i, acc, kc_ptr, vc_ptr, bt_row, head_off, q_pos, band_lo, band_hi,
+                                    scale_log2, stride_cb, stride_ct, BLOCK_SIZE, BLOCK_N, HEAD_DIM,
+                                    WINDOW_PAGES, False, DOT_F32, PRECISION, WINDOW)
+        m_i, l_i, acc = _attend(q, m_i, l_i, acc, kc_ptr, vc_ptr, bt_row, head_off, q_pos, band_hi, full_hi,
                                 scale_log2, stride_cb, stride_ct, BLOCK_SIZE, BLOCK_N, HEAD_DIM,
                                 WINDOW_PAGES, False, DOT_F32, PRECISION)
         m_i, l_i, acc = _attend(q, m_i, l_i, acc, kc_ptr, vc_ptr, bt_row, head_off, q_pos, full_hi, kv_hi,
                                 scale_log2, stride_cb, stride_ct, BLOCK_SIZE, BLOCK_N, HEAD_DIM,
-                                WINDOW_PAGES, True, DOT_F32, PRECISION)
+                                WINDOW_PAGES, True, DOT_F32, PRECISION, WINDOW)
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         o_off = (q_lo + tok_i) * stride_ot + head * stride_oh
         tl.store(out_ptr + o_off[:, None] + d[None, :], o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
@@ -170,7 +190,7 @@ def default_config(head_dim: int, dtype: torch.dtype, interpreted: bool) -> Pref
 
 
 def prefill_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, *,
-                      max_seqlen_q=None, out=None, config: PrefillConfig | None = None):
+                      max_seqlen_q=None, out=None, config: PrefillConfig | None = None, window: int = 0):
     """Triton chunked-prefill attention; arguments as prefill_attention_ref. -> [T, H, D] in q's dtype.
 
     q may hold rows past cu_seqlens_q[-1] (padding of a CUDA-graph bucket): they are not written.
@@ -202,6 +222,7 @@ def prefill_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
         WINDOW_PAGES=next_pow2(max(cfg.window_pages, block_n // block_size)),
         DOT_F32=interpreted or q.dtype == torch.float32, PRECISION=dot_precision(q.dtype),
         S_PAD=max(16, next_pow2(num_seqs)),  # one compiled variant up to 16 sequences (graphs pad to 16)
+        WINDOW=window,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

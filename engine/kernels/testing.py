@@ -79,14 +79,18 @@ def make_paged_kv(seq_lens, num_kv_heads, head_dim, block_size, dtype, device, *
     return k_cache, v_cache, block_tables, dense_k, dense_v
 
 
-def naive_attention_f64(q, k, v, q_positions, scale):
-    """Dense causal attention in float64. q [Tq, H, D] at positions q_positions [Tq]; k, v [L, Hkv, D]."""
+def naive_attention_f64(q, k, v, q_positions, scale, window=0):
+    """Dense causal attention in float64. q [Tq, H, D] at positions q_positions [Tq]; k, v [L, Hkv, D].
+    window > 0: a query at p sees keys p - window < k <= p only."""
     num_heads, num_kv_heads = q.shape[1], k.shape[1]
     rep = num_heads // num_kv_heads
     kk = k.double().repeat_interleave(rep, dim=1)  # [L, H, D]
     vv = v.double().repeat_interleave(rep, dim=1)
     scores = torch.einsum("thd,lhd->htl", q.double(), kk) * scale
-    visible = torch.arange(k.shape[0], device=q.device)[None, :] <= q_positions[:, None].to(q.device)
+    key_pos, q_pos = torch.arange(k.shape[0], device=q.device)[None, :], q_positions[:, None].to(q.device)
+    visible = key_pos <= q_pos
+    if window > 0:
+        visible &= key_pos > q_pos - window
     scores = scores.masked_fill(~visible[None], float("-inf"))
     return torch.einsum("htl,lhd->thd", torch.softmax(scores, dim=-1), vv)
 

@@ -14,6 +14,14 @@ from engine.models.forward import ForwardBatch
 from engine.models.weights import ModelWeights
 
 
+def _linear(x, weight, bias, out):
+    """out = x @ weight^T (+ bias): x [T, in], weight [out, in], bias [out] or None, like nn.Linear."""
+    if bias is None:
+        torch.mm(x, weight.t(), out=out)
+    else:
+        torch.addmm(bias, x, weight.t(), out=out)
+
+
 class Workspace:
     """Activation buffers for up to max_tokens rows, reused by every layer.
 
@@ -97,7 +105,8 @@ class LlamaModel:
         out = self.ws.attn[a:b].view(b - a, c.num_heads, c.head_dim)
         k_cache, v_cache = self.kv[layer]
         self.k.decode_attention(q, k_cache, v_cache, fb.decode_block_tables[a:b], fb.decode_context_lens[a:b],
-                                self.scale, out=out, max_programs=budget, num_splits=fb.decode_num_splits)
+                                self.scale, out=out, max_programs=budget, num_splits=fb.decode_num_splits,
+                                window=c.layer_window(layer))
 
     def prefill_attn(self, layer, a, b, fb, budget=None):
         meta = fb.prefill.get((a, b))
@@ -108,10 +117,11 @@ class LlamaModel:
         out = self.ws.attn[lo:hi].view(hi - lo, c.num_heads, c.head_dim)
         k_cache, v_cache = self.kv[layer]
         self.k.prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q,
-                                 self.scale, max_seqlen_q=meta.max_seqlen_q, out=out)
+                                 self.scale, max_seqlen_q=meta.max_seqlen_q, out=out, window=c.layer_window(layer))
 
     def o_proj(self, layer, a, b, fb, budget=None):
-        torch.mm(self.ws.attn[a:b], self.w.layers[layer].o.t(), out=self.ws.delta[a:b])
+        w = self.w.layers[layer]
+        _linear(self.ws.attn[a:b], w.o, w.o_bias, self.ws.delta[a:b])
 
     def mlp_norm(self, layer, a, b, fb, budget=None):
         ws = self.ws
@@ -119,13 +129,15 @@ class LlamaModel:
                             self.cfg.rms_norm_eps, out=ws.normed[a:b], residual_out=ws.residual[a:b])
 
     def gate_up(self, layer, a, b, fb, budget=None):
-        torch.mm(self.ws.normed[a:b], self.w.layers[layer].gate_up.t(), out=self.ws.gate_up[a:b])
+        w = self.w.layers[layer]
+        _linear(self.ws.normed[a:b], w.gate_up, w.gate_up_bias, self.ws.gate_up[a:b])
 
-    def silu_mul(self, layer, a, b, fb, budget=None):
-        self.k.silu_and_mul(self.ws.gate_up[a:b], out=self.ws.act[a:b])
+    def silu_mul(self, layer, a, b, fb, budget=None):  # the op keeps its name; cfg.hidden_act picks the function
+        self.k.silu_and_mul(self.ws.gate_up[a:b], out=self.ws.act[a:b], activation=self.cfg.hidden_act)
 
     def down(self, layer, a, b, fb, budget=None):
-        torch.mm(self.ws.act[a:b], self.w.layers[layer].down.t(), out=self.ws.delta[a:b])
+        w = self.w.layers[layer]
+        _linear(self.ws.act[a:b], w.down, w.down_bias, self.ws.delta[a:b])
 
     # ---- after the last layer -----------------------------------------------------------------------
     def logits(self, fb: ForwardBatch) -> torch.Tensor:

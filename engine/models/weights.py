@@ -3,7 +3,8 @@
 Layout (nn.Linear convention, out x in), merged the way the engine's GEMMs run:
   embed [V, h]; per layer: qkv [q + 2 kv, h] (+ qkv_bias [q + 2 kv]), o [h, q], gate_up [2 I, h] (gate
   rows first), down [h, I], attn_norm [h], mlp_norm [h]; final_norm [h]; lm_head [V, h] (the embedding
-  itself when tied).
+  itself when tied). Optional biases (Llama attention_bias / mlp_bias): o_bias [h], gate_up_bias [2 I],
+  down_bias [h].
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class LayerWeights:
     attn_norm: torch.Tensor
     mlp_norm: torch.Tensor
     qkv_bias: torch.Tensor | None = None
+    o_bias: torch.Tensor | None = None
+    gate_up_bias: torch.Tensor | None = None
+    down_bias: torch.Tensor | None = None
 
 
 @dataclass
@@ -75,6 +79,9 @@ def random_weights(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, s
             gate_up=normal(2 * i, h, fan_in=h), down=normal(h, i, fan_in=i),
             attn_norm=ones(), mlp_norm=ones(),
             qkv_bias=normal(cfg.qkv_size, fan_in=h) if cfg.qkv_bias else None,
+            o_bias=normal(h, fan_in=cfg.q_size) if cfg.o_bias else None,
+            gate_up_bias=normal(2 * i, fan_in=h) if cfg.mlp_bias else None,
+            down_bias=normal(h, fan_in=i) if cfg.mlp_bias else None,
         )
         for _ in range(cfg.num_layers)
     ]
@@ -102,36 +109,53 @@ def load_hf_weights(path: str | Path, cfg: ModelConfig, device: torch.device,
     """Load a local Hugging Face Llama/Mistral/Qwen2 checkpoint (one or many safetensors files)."""
     from safetensors import safe_open
 
+    from engine.checkpoint import check_tensors
+
     path = Path(path)
     raw: dict[str, torch.Tensor] = {}
+    file_names: dict[str, str] = {}  # loader name -> the name in the checkpoint (with its "model." prefix)
     for f in _checkpoint_files(path):
         if not f.exists():
             raise EngineConfigError(f"{f}: listed in the index but missing")
         with safe_open(str(f), framework="pt", device="cpu") as sf:
             for name in sf.keys():
                 raw[name.removeprefix("model.")] = sf.get_tensor(name)
+                file_names[name.removeprefix("model.")] = name
+    used: set[str] = set()  # every tensor must be taken (check_tensors below)
 
     def take(name: str) -> torch.Tensor:
         if name not in raw:
             raise EngineConfigError(f"{path}: checkpoint has no tensor '{name}'")
+        used.add(name)
         return raw[name].to(device=device, dtype=dtype)
+
+    def take_cat(names: list[str], on: bool) -> torch.Tensor | None:
+        return torch.cat([take(n) for n in names]) if on else None
 
     layers = []
     for n in range(cfg.num_layers):
         p = f"layers.{n}."
         qkv = torch.cat([take(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
-        bias = (torch.cat([take(p + f"self_attn.{x}_proj.bias") for x in "qkv"]) if cfg.qkv_bias else None)
+        bias = take_cat([p + f"self_attn.{x}_proj.bias" for x in "qkv"], cfg.qkv_bias)
         gate_up = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
         layers.append(LayerWeights(
             qkv=qkv, o=take(p + "self_attn.o_proj.weight"), gate_up=gate_up,
             down=take(p + "mlp.down_proj.weight"), attn_norm=take(p + "input_layernorm.weight"),
-            mlp_norm=take(p + "post_attention_layernorm.weight"), qkv_bias=bias))
+            mlp_norm=take(p + "post_attention_layernorm.weight"), qkv_bias=bias,
+            o_bias=take_cat([p + "self_attn.o_proj.bias"], cfg.o_bias),
+            gate_up_bias=take_cat([p + "mlp.gate_proj.bias", p + "mlp.up_proj.bias"], cfg.mlp_bias),
+            down_bias=take_cat([p + "mlp.down_proj.bias"], cfg.mlp_bias)))
     embed = take("embed_tokens.weight")
-    if cfg.tie_word_embeddings or "lm_head.weight" not in raw:
-        lm_head = embed
+    if not cfg.tie_word_embeddings:
+        lm_head = take("lm_head.weight")  # an untied model without one is refused, never silently tied
     else:
-        lm_head = take("lm_head.weight")
+        lm_head = embed
+        # transformers ties lm_head to the embedding and ignores a saved copy: accept one only if it is that
+        if "lm_head.weight" in raw and torch.equal(raw["lm_head.weight"], raw["embed_tokens.weight"]):
+            used.add("lm_head.weight")
+    final_norm = take("norm.weight")
+    check_tensors(path, file_names, used)
     want = (cfg.vocab_size, cfg.hidden_size)
     if tuple(embed.shape) != want:
         raise EngineConfigError(f"{path}: embed_tokens.weight has shape {tuple(embed.shape)}, config says {want}")
-    return ModelWeights(embed=embed, layers=layers, final_norm=take("norm.weight"), lm_head=lm_head)
+    return ModelWeights(embed=embed, layers=layers, final_norm=final_norm, lm_head=lm_head)
