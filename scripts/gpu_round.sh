@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU measurements of the 2026-12-01 issues (13, 14, 15, 16, 17) on one GPU, step by step; each step's
+# log and files are archived into $OUT as soon as it ends, so a step that runs out of time loses only itself.
+#   GPU=h200 OUT=/tmp/out bash scripts/gpu_round.sh STEP...
+# Steps: gputests (pytest -m gpu over the kernels and engine), power (profile --quick --power-only),
+# readme (README's run command, 1,000 ShareGPT requests, with the power-aware bound), bound (power_bound.py),
+# tma (decode_tma_check.py), tp1 (tp_bench.py at --tp 1), serve (serve_vs_inprocess.py).
+set -u
+GPU=${GPU:-h200}
+OUT=${OUT:-/tmp/gpu-round}
+N_BOUND=${N_BOUND:-200}
+KV_DTYPES=${KV_DTYPES:-bf16}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+REF=results/reference/$GPU
+POWER=$REF/profile-llama-3-8b-tp1-power.json
+for step in "$@"; do
+  start=$(date +%s)
+  log="$OUT/$step.log"
+  case $step in
+    gputests)
+      python -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/test_kernels_window.py \
+        tests/test_kernels_activations.py tests/test_kernels_attention.py > "$log" 2>&1
+      python -m pytest -q -p no:cacheprovider -m gpu tests/ >> "$log" 2>&1; rc=$? ;;
+    power)
+      python -m nanotune profile --model llama-3-8b --quick --power-only --out "$POWER" --no-progress \
+        > "$log" 2>&1; rc=$?
+      tar czf "$OUT/power.tgz" "$REF"/profile-llama-3-8b-tp1-power* ;;
+    readme)
+      python -m nanotune bench --trace sharegpt --results-dir "$OUT/readme" --no-progress > "$log" 2>&1; rc=$?
+      tar czf "$OUT/readme.tgz" -C "$OUT" readme && rm -rf "$OUT/readme" ;;
+    bound)
+      python scripts/power_bound.py -n "$N_BOUND" --kv-dtypes "$KV_DTYPES" --profile "$POWER" \
+        --out "$OUT/power-bound" > "$log" 2>&1; rc=$?
+      tar czf "$OUT/bound.tgz" -C "$OUT" power-bound && rm -rf "$OUT/power-bound" ;;
+    tma)
+      python scripts/decode_tma_check.py --out "$OUT/tma" > "$log" 2>&1; rc=$?
+      tar czf "$OUT/tma.tgz" -C "$OUT" tma && rm -rf "$OUT/tma" ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+  echo "$step: exit $rc after $(( $(date +%s) - start )) s"
+  tail -n 6 "$log"
+done
