@@ -58,8 +58,8 @@ class Server:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[json_errors], client_max_size=64 << 20)
-        app.router.add_post("/v1/completions", lambda r: self.generate(r, is_chat=False))
-        app.router.add_post("/v1/chat/completions", lambda r: self.generate(r, is_chat=True))
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.prometheus)
@@ -72,6 +72,12 @@ class Server:
 
     async def _stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.loop_thread.stop)
+
+    async def completions(self, request) -> web.StreamResponse:
+        return await self.generate(request, is_chat=False)
+
+    async def chat_completions(self, request) -> web.StreamResponse:
+        return await self.generate(request, is_chat=True)
 
     # ---- small endpoints ----------------------------------------------------------------------------
     async def models(self, request) -> web.Response:
@@ -137,15 +143,15 @@ class Server:
         is_done = False
         try:
             self.loop_thread.add(rid, ids, params, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
-            first = await events.get()
-            if first.error:
-                is_done = True
-                return error_response(400, first.error)
             self.metrics.prompt_tokens.inc(len(ids))
             run = _Run(self, req, rid, len(ids), received, is_chat)
-            if req.stream:
-                response = await run.stream(request, first, events)
+            if req.stream:  # headers now: a queued request's client sees it was accepted
+                response = await run.stream(request, events)
             else:
+                first = await events.get()
+                if first.error:  # the engine refused it (the KV cache can never hold it)
+                    is_done = True
+                    return error_response(400, first.error)
                 response = await run.collect(first, events)
             is_done = True
             return response
@@ -219,11 +225,12 @@ class _Run:
         return web.json_response({**self.envelope([self.choice("".join(parts), False)], False),
                                   "usage": self.usage()})
 
-    async def stream(self, request: web.Request, ev: EngineEvent, events: asyncio.Queue) -> web.StreamResponse:
+    async def stream(self, request: web.Request, events: asyncio.Queue) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         send = lambda obj: resp.write(f"data: {json.dumps(obj)}\n\n".encode())
         is_first = True
+        ev = await events.get()
         while True:
             if ev.error:  # headers are out: the error goes in the stream, as OpenAI's servers do
                 await send({"error": {"message": ev.error, "type": "server_error", "param": None, "code": 500}})
