@@ -40,6 +40,7 @@ class BenchConfig:
     endpoint_type: str = "completions"  # endpoint: "completions" | "chat"
     tokenizer: str | None = None  # endpoint: local tokenizer folder; prompts are then sent as text
     request_timeout: float = 600.0  # endpoint: seconds to wait for a connection or the stream's next bytes
+    ignore_eos: bool = True  # endpoint: send vLLM's ignore_eos + min_tokens (False: servers that reject them)
     gpu: str | None = None  # take the peak from this GPU's committed reference profile
     api_key: str | None = field(default=None, repr=False)  # endpoint: sent as Bearer; never written out
 

@@ -88,7 +88,8 @@ def make_backend(cfg: BenchConfig, lengths: list[tuple[int, int]]) -> Backend:
             vocab = cfg.vocab_size or min(vocab, len(tokenizer))
         return EndpointBackend(cfg.endpoint, model, vocab, int(params) if params else None,
                                max_workers=cfg.max_concurrency, request_timeout=cfg.request_timeout,
-                               endpoint_type=cfg.endpoint_type, api_key=cfg.api_key, tokenizer=tokenizer)
+                               endpoint_type=cfg.endpoint_type, api_key=cfg.api_key, tokenizer=tokenizer,
+                               ignore_eos=cfg.ignore_eos)
     if cfg.engine == "hf":
         from nanotune.bench.backends.hf import load_hf_backend
 

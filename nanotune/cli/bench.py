@@ -102,6 +102,9 @@ def _has_gpu() -> bool:
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
               help="Endpoint: seconds to wait for a connection or for the stream's next bytes before the "
                    "request fails.")
+@click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True,
+              help="Endpoint: send vLLM's ignore_eos and min_tokens so outputs have the trace's lengths; "
+                   "--no-ignore-eos for servers that reject unknown fields (outputs ending early are flagged short).")
 @click.option("--gpu", help="Efficiency against this GPU's committed reference profile (results/reference/GPU/), "
                             "e.g. the endpoint's h200.")
 @click.option("--vllm-json", type=click.Path(dir_okay=False), help="Also write the result as vLLM's "
@@ -142,7 +145,7 @@ def command(**o):
             endpoint=o["endpoint"], hf_attn=o["hf_attn"], peak_tflops=o["peak_tflops"],
             vocab_size=o["vocab_size"], num_params=o["num_params"],
             endpoint_type=o["endpoint_type"], tokenizer=o["tokenizer"], request_timeout=o["request_timeout"],
-            gpu=o["gpu"], api_key=o["api_key"] if o["endpoint"] else None)
+            gpu=o["gpu"], api_key=o["api_key"] if o["endpoint"] else None, ignore_eos=o["ignore_eos"])
     except ValueError as e:
         raise UserError(str(e)) from None
     if cfg.sweep_rates and cfg.request_rate is not None:

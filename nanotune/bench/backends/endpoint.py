@@ -5,11 +5,14 @@ Each request is a streamed `POST /v1/completions` (token-id prompt, or text when
 `POST /v1/chat/completions` (`--endpoint-type chat`: one user message of text), with `max_tokens` =
 `min_tokens` = the trace's output length and `ignore_eos: true` (so the server generates exactly that many
 tokens), and `stream_options.include_usage` (so it reports how many it did generate). Like vLLM's
-`bench serve` client, every SSE chunk carrying `choices` is one timing sample: TTFT is send -> first chunk,
-ITL the gaps between chunks; the output length is the server's `usage.completion_tokens` (the chunk count
-if it sends none) and the prompt length its `usage.prompt_tokens` when it reports one (a text prompt is
-tokenized by the server). A response shorter than asked is kept and flagged (`is_short`); an HTTP error, an
-error event, a broken stream, a timeout or a connection that dies is a failed request with its error.
+`bench serve` client, every SSE chunk carrying a choice with text (`text`, or `delta.content`, even "") is
+one timing sample: TTFT is send -> first such chunk, ITL the gaps between them (a chunk with only a role
+or only a finish_reason, which some servers send before and after the tokens, is not one); the output
+length is the server's `usage.completion_tokens` (the chunk count if it sends none) and the prompt length
+its `usage.prompt_tokens` when it reports one (a text prompt is tokenized by the server). A response
+shorter than asked is kept and flagged (`is_short`); an HTTP error, an error event, a broken stream, a
+timeout or a connection that dies is a failed request with its error. `ignore_eos=False` leaves out
+`ignore_eos` and `min_tokens` (vLLM's extensions) for servers that reject fields they do not know.
 
 The client runs an asyncio loop in one thread; `submit` hands it a coroutine. `request_timeout` bounds
 each wait for the server (connecting, and each read of the stream), not a whole request's duration.
@@ -88,7 +91,8 @@ class EndpointBackend(Backend):
 
     def __init__(self, url: str, model: str, vocab_size: int, num_params: int | None = None,
                  max_workers: int | None = None, request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
-                 endpoint_type: str = "completions", api_key: str | None = None, tokenizer=None) -> None:
+                 endpoint_type: str = "completions", api_key: str | None = None, tokenizer=None,
+                 ignore_eos: bool = True) -> None:
         super().__init__()
         if endpoint_type not in ENDPOINT_TYPES:
             raise ValueError(f"--endpoint-type '{endpoint_type}': one of {', '.join(ENDPOINT_TYPES)}")
@@ -103,6 +107,7 @@ class EndpointBackend(Backend):
         self.num_params = num_params
         self.request_timeout = request_timeout
         self.tokenizer = tokenizer
+        self.ignore_eos = ignore_eos
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                         **auth_headers(api_key)}
         self._limits = httpx.Limits(max_connections=max_workers, max_keepalive_connections=max_workers)
@@ -123,7 +128,7 @@ class EndpointBackend(Backend):
     def describe(self) -> dict:
         return {"engine": "endpoint", "endpoint": self.url.geturl(), "endpoint_type": self.endpoint_type,
                 "model": self.model, "num_params": self.num_params, "vocab_size": self.vocab_size,
-                "prompts": "text" if self.tokenizer is not None else "token ids",
+                "prompts": "text" if self.tokenizer is not None else "token ids", "ignore_eos": self.ignore_eos,
                 "request_timeout_s": self.request_timeout}
 
     def prompt(self, req: BenchRequest):
@@ -132,8 +137,9 @@ class EndpointBackend(Backend):
         return self.tokenizer.decode(list(req.prompt_ids), skip_special_tokens=True)
 
     def payload(self, req: BenchRequest) -> dict:
-        common = {"model": self.model, "min_tokens": req.output_len, "ignore_eos": True, "temperature": 0.0,
-                  "stream": True, "stream_options": {"include_usage": True}}
+        common = {"model": self.model, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+        if self.ignore_eos:
+            common.update(min_tokens=req.output_len, ignore_eos=True)
         if self.endpoint_type == "chat":
             return {**common, "messages": [{"role": "user", "content": self.prompt(req)}],
                     "max_completion_tokens": req.output_len}
@@ -215,9 +221,11 @@ class EndpointBackend(Backend):
                 if chunk.get("error"):
                     raise StreamError(f"server error: {error_text(json.dumps(chunk))}")
                 if choices := chunk.get("choices"):
-                    rec.add_tokens(self.now(), 1)
                     c = choices[0]
-                    rec.generated_text += (c.get("delta") or {}).get("content") or c.get("text") or ""
+                    text = c.get("text") if "text" in c else (c.get("delta") or {}).get("content")
+                    if text is not None:  # a role-only or finish-only chunk carries no token
+                        rec.add_tokens(self.now(), 1)
+                        rec.generated_text += text
                 usage = chunk.get("usage") or usage
         if not is_done and not usage:
             raise StreamError(f"stream ended early after {len(rec.token_times)} chunks "
