@@ -163,3 +163,14 @@ def test_metrics_count_tokens_and_latencies(preset_server):
     for g in ("nanotune_num_requests_running", "nanotune_num_requests_waiting", "nanotune_kv_cache_usage_perc"):
         assert g in text
     assert json.loads(httpx.get(preset_server.url + "/v1/models").text)["data"][0]["id"] == "tiny-llama"
+
+
+def test_tp_without_tensor_parallel_engine_is_one_line(monkeypatch):
+    from click.testing import CliRunner
+
+    from nanotune.cli import main
+    from nanotune.serve import run as serve_run
+
+    monkeypatch.setattr(serve_run, "TP_FIELDS", ("no_such_field",))  # as if the engine had no TP
+    res = CliRunner().invoke(main, ["serve", "--model", "tiny-llama", "--tp", "2", "--device", "cpu"])
+    assert res.exit_code == 2 and "no tensor parallelism" in res.output and "Traceback" not in res.output

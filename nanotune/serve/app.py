@@ -16,7 +16,7 @@ import uuid
 
 from aiohttp import web
 
-from nanotune.serve.loop import EngineEvent, EngineLoop
+from nanotune.serve.loop import EngineEvent, EngineLoop, call_each
 from nanotune.serve.metrics import ServerMetrics
 from nanotune.serve.protocol import BadRequest, GenerationRequest, parse_request
 from nanotune.serve.text import Detokenizer, encode_prompt
@@ -68,6 +68,8 @@ class Server:
         return app
 
     async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.loop_thread.dispatch = lambda pairs: loop.call_soon_threadsafe(call_each, pairs)
         self.loop_thread.start()
 
     async def _stop(self) -> None:
@@ -138,11 +140,10 @@ class Server:
                                   "service_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
         rid = f"{'chatcmpl' if is_chat else 'cmpl'}-{uuid.uuid4().hex}"
         events: asyncio.Queue[EngineEvent] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
         self.num_inflight += 1
         is_done = False
         try:
-            self.loop_thread.add(rid, ids, params, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+            self.loop_thread.add(rid, ids, params, events.put_nowait)  # called on this loop (see _start)
             self.metrics.prompt_tokens.inc(len(ids))
             run = _Run(self, req, rid, len(ids), received, is_chat)
             if req.stream:  # headers now: a queued request's client sees it was accepted

@@ -31,15 +31,22 @@ class EngineEvent:
 Callback = Callable[[EngineEvent], None]
 
 
+def call_each(pairs: list[tuple[Callback, EngineEvent]]) -> None:
+    for callback, event in pairs:
+        callback(event)
+
+
 class EngineLoop:
     """Runs `engine.step()` in a daemon thread while any request is unfinished.
 
     `engine` follows LLMEngine's protocol: add_request(ids, params, request_id), step() -> [RequestOutput],
-    abort(request_id), has_unfinished(), stats().
+    abort(request_id), has_unfinished(), stats(). Each step's events go out in one `dispatch(pairs)` call
+    (the server hands the whole list to its event loop at once: one wake-up per step, not per request).
     """
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, dispatch: Callable[[list], None] = call_each) -> None:
         self.engine = engine
+        self.dispatch = dispatch
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._callbacks: dict[str, Callback] = {}
         self._stop = threading.Event()
@@ -71,7 +78,7 @@ class EngineLoop:
             try:
                 self.engine.add_request(args[0], args[1], request_id=rid)
             except ValueError as e:  # cannot fit this engine (too long, bad token): that request fails
-                callback(EngineEvent([], True, None, error=str(e)))
+                self.dispatch([(callback, EngineEvent([], True, None, error=str(e)))])
                 return
             self._callbacks[rid] = callback
         elif kind == "abort" and self._callbacks.pop(rid, None) is not None:
@@ -96,16 +103,18 @@ class EngineLoop:
                 outputs: list[RequestOutput] = self.engine.step()
             except Exception as e:  # the engine broke: every request in it fails with the reason
                 self.error = f"{type(e).__name__}: {e}"
-                for cb in self._callbacks.values():
-                    cb(EngineEvent([], True, None, error=self.error))
+                self.dispatch([(cb, EngineEvent([], True, None, error=self.error)) for cb in self._callbacks.values()])
                 self._callbacks.clear()
                 return
             self.num_steps += 1
+            pairs = []
             for out in outputs:
                 cb = self._callbacks.get(out.request_id)
                 if cb is None:
                     continue  # aborted meanwhile
                 if out.is_finished:
                     del self._callbacks[out.request_id]
-                cb(EngineEvent(list(out.new_token_ids), out.is_finished, out.finish_reason))
+                pairs.append((cb, EngineEvent(list(out.new_token_ids), out.is_finished, out.finish_reason)))
+            if pairs:
+                self.dispatch(pairs)
             self.snapshot = dict(self.engine.stats())
