@@ -115,6 +115,15 @@ class LLMEngine:
         self.requests[req.request_id] = req
         return req.request_id
 
+    def abort(self, request_id: str) -> bool:
+        """Stop a request (its client went away): frees its KV blocks at once. True if it was still running
+        or waiting; False if it had finished or was never known."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return False
+        self.runner.sampler.forget(request_id)
+        return self.scheduler.abort(req)
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished() or self._pending is not None
 

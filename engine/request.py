@@ -61,7 +61,7 @@ class Request:
     num_computed_tokens: int = 0  # tokens whose KV is in the cache
     block_ids: list[int] = field(default_factory=list)
     num_preemptions: int = 0
-    finish_reason: str | None = None  # "length" | "stop"
+    finish_reason: str | None = None  # "length" | "stop" | "abort" (the client went away)
     num_resolved: int = 0  # output_ids[:num_resolved] are known tokens; the rest are PENDING_TOKEN
 
     @property

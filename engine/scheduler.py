@@ -205,6 +205,16 @@ class Scheduler:
         elif req in self.waiting:  # preempted while its last token was still on the GPU
             self.waiting.remove(req)
 
+    def abort(self, req: Request) -> bool:
+        """Drop a request wherever it is (a client went away): its KV blocks are freed now. A token of it
+        still on the GPU (async scheduling) is discarded when its iteration resolves. False if it had
+        already finished."""
+        if req.is_finished:
+            return False
+        del req.output_ids[req.num_resolved:]  # pending slots: resolve() skips a request with none
+        self._finish(req, "abort")
+        return True
+
     def advance(self, batch: ScheduledBatch) -> None:
         """The batch has been launched: count its tokens as computed and give each sampling request a
         PENDING_TOKEN slot, so the next iteration can be scheduled before the tokens are known. A request

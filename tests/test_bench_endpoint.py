@@ -45,6 +45,7 @@ class Handler(BaseHTTPRequestHandler):
         srv = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         srv.payloads.append(body)
+        srv.headers.append(dict(self.headers))
         if self.path != "/v1/completions":
             return self._send_json(404, {"error": "no such path"})
         n_prompt, n = len(body["prompt"]), body["max_tokens"]
@@ -78,7 +79,7 @@ class FakeServer(ThreadingHTTPServer):
     def __init__(self, chunk_s=0.002):
         super().__init__(("127.0.0.1", 0), Handler)
         self.chunk_s = chunk_s
-        self.payloads, self.conns = [], set()
+        self.payloads, self.conns, self.headers = [], set(), []
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
 
@@ -216,3 +217,25 @@ def test_cli_unreachable_endpoint_is_a_user_error(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["bench", "--endpoint", "http://127.0.0.1:1", "--no-progress",
                                     "--results-dir", str(tmp_path)])
     assert res.exit_code == 2 and "cannot list its models" in " ".join(res.output.split())
+
+
+def test_api_key_from_the_environment_is_sent_as_bearer_and_never_written(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(session, "load_trace", lambda *a, **k: fake_trace([(6, 5)] * 2))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-123")
+    res = CliRunner().invoke(main, ["bench", "--endpoint", server.url, "--no-progress", "--results-dir",
+                                    str(tmp_path), "--num-warmups", "0", "--vocab-size", "50"])
+    assert res.exit_code == 0, res.output
+    assert {h.get("Authorization") for h in server.headers} == {"Bearer sk-secret-123"}
+    (run_dir,) = tmp_path.iterdir()
+    text = (run_dir / "result.json").read_text()
+    assert "sk-secret-123" not in text and json.loads(text)["config"]["api_key"] == "(given)"
+
+
+def test_request_timeout_fails_a_stalled_stream(tmp_path):
+    server = FakeServer(chunk_s=1.0)  # one chunk a second
+    b = backend(server, request_timeout=0.2)
+    ph = drive(b, reqs([(5, 3)]))
+    b.close()
+    server.die()
+    (rec,) = ph.records
+    assert rec.status == "failed" and "ReadTimeout" in rec.error

@@ -38,7 +38,12 @@ class BenchConfig:
     vocab_size: int | None = None  # endpoint: range of the random prompt ids (default: the preset's)
     num_params: float | None = None  # endpoint: parameters per GPU, for the optimum (default: the preset's)
     profile: str | None = None  # the power-aware bound's profile (default: the reference of --gpu / this GPU)
-    gpu: str | None = None  # whose reference profile bounds the run (an endpoint's GPU)
+    endpoint_type: str = "completions"  # endpoint: "completions" | "chat"
+    tokenizer: str | None = None  # endpoint: local tokenizer folder; prompts are then sent as text
+    request_timeout: float = 600.0  # endpoint: seconds to wait for a connection or the stream's next bytes
+    ignore_eos: bool = True  # endpoint: send vLLM's ignore_eos + min_tokens (False: servers that reject them)
+    gpu: str | None = None  # this GPU's committed reference profile: the peak (endpoint) and the bound
+    api_key: str | None = field(default=None, repr=False)  # endpoint: sent as Bearer; never written out
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -53,6 +58,14 @@ class BenchConfig:
             if not self.endpoint:
                 raise ValueError("engine 'endpoint' needs --endpoint URL")
             completions_url(self.endpoint)  # raises ValueError naming a malformed URL
+            if self.endpoint_type not in ("completions", "chat"):
+                raise ValueError(f"--endpoint-type '{self.endpoint_type}': completions or chat")
+            if self.endpoint_type == "chat" and not self.tokenizer:
+                raise ValueError("--endpoint-type chat sends text: give --tokenizer DIR (a local Hugging Face "
+                                 "tokenizer folder) to turn the trace's prompts into text")
+            if not self.request_timeout > 0 or self.request_timeout == float("inf"):
+                raise ValueError(f"--request-timeout must be a positive number of seconds, got "
+                                 f"{self.request_timeout}")
         if self.repeat < 1:
             raise ValueError(f"--repeat must be >= 1, got {self.repeat}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -71,4 +84,6 @@ class BenchConfig:
         return "online" if rate is not None or self.mode == "online" else "offline"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["api_key"] = "(given)" if self.api_key else None  # a secret stays out of result.json
+        return d

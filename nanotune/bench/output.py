@@ -29,9 +29,14 @@ def write_requests_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+# vLLM's per-token lists: megabytes at real sizes, so kept out of result.json (requests.csv has each request's
+# mean and max ITL); `nanotune bench --vllm-json FILE` writes them with the rest of vLLM's keys
+PER_TOKEN_KEYS = ("itls", "generated_texts")
+
+
 def write_bench_run(run_dir: Path, result: dict, rows: list[dict]) -> Path:
     """Write both files; returns the result.json path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_requests_csv(run_dir / "requests.csv", rows)
-    return write_json_atomic(run_dir / "result.json", result)
+    return write_json_atomic(run_dir / "result.json", {k: v for k, v in result.items() if k not in PER_TOKEN_KEYS})

@@ -52,6 +52,7 @@ class RequestRecord:
     output_len: int = 0  # tokens generated (for an endpoint: its reported usage, else chunks)
     error: str | None = None
     status: str = NOT_SENT
+    generated_text: str = ""  # what an endpoint streamed back (vLLM's generated_texts); not in the CSV
 
     @classmethod
     def for_request(cls, req: BenchRequest) -> RequestRecord:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from nanotune.bench.backends.base import Backend
 from nanotune.bench.config import BenchConfig
 from nanotune.bench.driver import Progress, drive
+from nanotune.bench.failures import describe, failure_reasons
 from nanotune.bench.metrics import compute_metrics
 from nanotune.bench.requests import build_requests, warmup_requests
 from nanotune.bench.stats import aggregate_runs
 from nanotune.results.bound import efficiency_metrics
+from nanotune.bench.vllm_format import vllm_fields
 from nanotune.results.peak import PeakFlops
 
 SCHEMA = "nanotune.bench/1"
@@ -82,8 +84,13 @@ def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
                   "duration": ph.duration}
         if ph.is_partial:
             is_partial, is_interrupted, error = True, ph.is_interrupted, ph.error
+        elif warmup["failed"] == len(warm):  # nothing answered: the measured run would fail the same way
+            is_partial = True
+            reasons = failure_reasons(r.error for r in ph.records)
+            warmup["failure_reasons"] = reasons
+            error = f"every warm-up request failed ({len(warm)}/{len(warm)}); nothing measured:\n" + describe(reasons)
 
-    points, rows = [], []
+    points, rows, measured = [], [], {}
     for rate in cfg.rates:
         if is_partial:
             break
@@ -101,6 +108,7 @@ def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
             runs.append({"repeat": rep, "partial": ph.is_partial, "error": ph.error, "metrics": metrics,
                          "backend": backend.phase_stats(), "bound": block})
             rows += [{"request_rate": rate, "repeat": rep, **r.to_row()} for r in ph.records]
+            measured[len(points)] = ph.records  # the point's last run: its per-request lists for vLLM
             if ph.is_partial:
                 is_partial, is_interrupted, error = True, ph.is_interrupted, ph.error
                 break
@@ -128,5 +136,21 @@ def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
         "request_rate": headline["request_rate"] if headline else None,
         "points": points, "sweep": sweep, "definitions": DEFINITIONS,
         "bound": bound.describe() if bound else {"why": "not computed"},  # each run's own: points[].runs[].bound
+        "efficiency_note": efficiency_note(peak, backend),
+        "failure_reasons": failure_reasons(r["error"] for r in rows),
     }
+    if headline is not None:  # vLLM's --save-result keys; our request_rate (null = offline) stays ours
+        vllm = vllm_fields(result, measured.get(points.index(headline), []))
+        result.update({k: v for k, v in vllm.items() if k != "request_rate"})
     return BenchOutcome(result=result, rows=rows)
+
+
+def efficiency_note(peak: PeakFlops | None, backend: Backend) -> str:
+    """What efficiency is measured against, or why it is missing (the table shows "-" then)."""
+    model = backend.describe().get("model")
+    if peak is None:
+        where = "the endpoint's GPU is not on this machine" if backend.name == "endpoint" else "no peak measured"
+        return f"no efficiency: {where}; pass --gpu NAME (a committed reference profile) or --peak-tflops"
+    if not backend.num_params:
+        return f"no efficiency: parameters of '{model}' unknown (not a preset); pass --num-params"
+    return f"efficiency against {peak.label}, {backend.num_params / 1e9:.3g} B parameters per GPU"

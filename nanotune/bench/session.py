@@ -68,6 +68,10 @@ def measure_peak(cfg: BenchConfig) -> PeakFlops | None:
     An endpoint on a machine without a GPU is served elsewhere: nothing local to measure."""
     if cfg.peak_tflops:
         return given_peak(cfg.peak_tflops)
+    if cfg.gpu:
+        from nanotune.bench.reference_peak import reference_peak
+
+        return reference_peak(cfg.gpu, cfg.model)
     if cfg.engine == "endpoint":
         import torch
 
@@ -89,15 +93,25 @@ def make_backend(cfg: BenchConfig, lengths: list[tuple[int, int]]) -> Backend:
         from nanotune.bench.backends.endpoint import EndpointBackend, served_model
 
         try:
-            model = cfg.model or served_model(cfg.endpoint)
+            model = cfg.model or served_model(cfg.endpoint, api_key=cfg.api_key)
         except (OSError, ValueError) as e:
             raise UserError(f"--endpoint {cfg.endpoint}: cannot list its models ({e}); give --model") \
                 from None
         preset = preset_or_none(model)
         vocab = cfg.vocab_size or (preset.vocab_size if preset else 32000)
         params = cfg.num_params or (preset.num_params if preset else None)
+        tokenizer = None
+        if cfg.tokenizer:
+            from nanotune.serve.text import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.tokenizer)
+            if tokenizer is None:
+                raise UserError(f"--tokenizer {cfg.tokenizer}: no tokenizer files there")
+            vocab = cfg.vocab_size or min(vocab, len(tokenizer))
         return EndpointBackend(cfg.endpoint, model, vocab, int(params) if params else None,
-                               max_workers=cfg.max_concurrency or max(len(lengths), 1))
+                               max_workers=cfg.max_concurrency, request_timeout=cfg.request_timeout,
+                               endpoint_type=cfg.endpoint_type, api_key=cfg.api_key, tokenizer=tokenizer,
+                               ignore_eos=cfg.ignore_eos)
     if cfg.engine == "hf":
         from nanotune.bench.backends.hf import load_hf_backend
 

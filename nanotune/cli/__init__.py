@@ -21,6 +21,7 @@ COMMANDS = {
     "profile": "profile",
     "search": "search",
     "report": "report",
+    "serve": "serve",
 }
 
 

@@ -26,6 +26,20 @@ def _rates(text: str | None) -> tuple[float, ...] | None:
     return tuple(sorted(rates))
 
 
+def _exit_on_failures(result: dict) -> None:
+    """Failed requests' reasons with counts on screen; exit 1 when no request of the run succeeded."""
+    from nanotune.bench.failures import describe
+    from nanotune.console import err_console
+
+    reasons = result.get("failure_reasons") or []
+    if not reasons:
+        return
+    err_console.print(f"[yellow]failed requests, by reason:[/]\n{describe(reasons)}", highlight=False)
+    if not result["error"] and not any(p["metrics"].get("completed") for p in result.get("points", [])):
+        err_console.print("[bold red]every request failed: nothing was measured[/]", highlight=False)
+        raise SystemExit(1)
+
+
 def _has_gpu() -> bool:
     import torch
 
@@ -83,7 +97,22 @@ def _has_gpu() -> bool:
 @click.option("--profile", "bound_profile", type=click.Path(dir_okay=False),
               help="Profile with a power section for the power-aware bound [default: the committed reference "
                    "profile of --gpu or of this GPU, results/reference/<gpu>/].")
-@click.option("--gpu", help="GPU whose reference profile bounds the run (an endpoint's GPU, e.g. h200).")
+@click.option("--endpoint-type", type=click.Choice(["completions", "chat"]), default="completions",
+              show_default=True, help="Endpoint: /v1/completions or /v1/chat/completions (chat needs --tokenizer).")
+@click.option("--tokenizer", type=click.Path(file_okay=False, exists=True),
+              help="Endpoint: local Hugging Face tokenizer folder; prompts are then sent as text.")
+@click.option("--api-key", envvar="OPENAI_API_KEY", help="Endpoint: sent as 'Authorization: Bearer KEY' "
+                                                         "[env OPENAI_API_KEY]; never written to results.")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Endpoint: seconds to wait for a connection or for the stream's next bytes before the "
+                   "request fails.")
+@click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True,
+              help="Endpoint: send vLLM's ignore_eos and min_tokens so outputs have the trace's lengths; "
+                   "--no-ignore-eos for servers that reject unknown fields (outputs ending early are flagged short).")
+@click.option("--gpu", help="This GPU's committed reference profile (results/reference/GPU/, e.g. the endpoint's h200): "
+                            "the peak for efficiency and the power-aware bound.")
+@click.option("--vllm-json", type=click.Path(dir_okay=False), help="Also write the result as vLLM's "
+                                                                  "`bench serve --save-result` JSON to this file.")
 def command(**o):
     """Replay a trace and report throughput, latency and % of optimal (vLLM bench serve's metric names)."""
     from nanotune.bench.config import BenchConfig
@@ -118,7 +147,9 @@ def command(**o):
             engine=engine, model=model, device=device, dtype=o["dtype"], plan=o["plan"],
             max_num_batched_tokens=o["max_num_batched_tokens"], max_num_seqs=o["max_num_seqs"],
             endpoint=o["endpoint"], hf_attn=o["hf_attn"], peak_tflops=o["peak_tflops"],
-            vocab_size=o["vocab_size"], num_params=o["num_params"], profile=o["bound_profile"], gpu=o["gpu"])
+            vocab_size=o["vocab_size"], num_params=o["num_params"], profile=o["bound_profile"],
+            endpoint_type=o["endpoint_type"], tokenizer=o["tokenizer"], request_timeout=o["request_timeout"],
+            gpu=o["gpu"], api_key=o["api_key"] if o["endpoint"] else None, ignore_eos=o["ignore_eos"])
     except ValueError as e:
         raise UserError(str(e)) from None
     if cfg.sweep_rates and cfg.request_rate is not None:
@@ -138,7 +169,15 @@ def command(**o):
         console.print(table)
     if result["peak"]:
         console.print(f"[dim]peak: {result['peak']['label']} = {result['peak']['tflops']:,.1f} TFLOP/s[/]")
+    if result.get("efficiency_note") and result["metrics"].get("efficiency") is None:
+        console.print(f"[dim]{result['efficiency_note']}[/]", highlight=False)
     console.print(f"wrote {run_dir / 'result.json'} and {run_dir / 'requests.csv'}", highlight=False)
+    if o["vllm_json"]:
+        from nanotune.bench.vllm_format import write_vllm_json
+
+        console.print(f"wrote {write_vllm_json(o['vllm_json'], result)} (vLLM's --save-result format)",
+                      highlight=False)
+    _exit_on_failures(result)
     if result["error"]:
         err_console.print(f"[bold red]engine error:[/] {result['error']}", highlight=False)
         raise SystemExit(1)

@@ -1,166 +1,155 @@
-"""Any OpenAI-compatible server (vLLM, SGLang, TensorRT-LLM) as a benchmark backend, stdlib only.
+"""Any OpenAI-compatible server (vLLM, SGLang, TensorRT-LLM, `nanotune serve`) as a benchmark backend, on
+httpx's asyncio client.
 
-Each request is a streamed `POST /v1/completions` with the prompt as token ids, `max_tokens` = `min_tokens`
-= the trace's output length and `ignore_eos: true` (so the server generates exactly that many tokens), and
-`stream_options.include_usage` (so it reports how many it did generate). Like vLLM's `bench serve` client,
-every SSE chunk carrying `choices` is one timing sample: TTFT is send -> first chunk, ITL the gaps between
-chunks; the output length is the server's `usage.completion_tokens` (the chunk count if it sends none).
-A response shorter than asked is kept and flagged (`is_short`); an HTTP error, a broken stream or a
-connection that dies is a failed request with its error.
+Each request is a streamed `POST /v1/completions` (token-id prompt, or text when a tokenizer is given) or
+`POST /v1/chat/completions` (`--endpoint-type chat`: one user message of text), with `max_tokens` =
+`min_tokens` = the trace's output length and `ignore_eos: true` (so the server generates exactly that many
+tokens), and `stream_options.include_usage` (so it reports how many it did generate). Like vLLM's
+`bench serve` client, every SSE chunk carrying a choice with text (`text`, or `delta.content`, even "") is
+one timing sample: TTFT is send -> first such chunk, ITL the gaps between them (a chunk with only a role
+or only a finish_reason, which some servers send before and after the tokens, is not one); the output
+length is the server's `usage.completion_tokens` (the chunk count if it sends none) and the prompt length
+its `usage.prompt_tokens` when it reports one (a text prompt is tokenized by the server). A response
+shorter than asked is kept and flagged (`is_short`); an HTTP error, an error event, a broken stream, a
+timeout or a connection that dies is a failed request with its error. `ignore_eos=False` leaves out
+`ignore_eos` and `min_tokens` (vLLM's extensions) for servers that reject fields they do not know.
 
-Requests run in a thread pool, one connection each. A request waiting for a free thread has not been sent:
-its wait is client queue time, recorded apart from TTFT.
+The client runs an asyncio loop in one thread; `submit` hands it a coroutine. `request_timeout` bounds
+each wait for the server (connecting, and each read of the stream), not a whole request's duration.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import http.client
+import asyncio
 import json
 import queue
-import socket
 import threading
 import urllib.parse
+
+import httpx
 
 from nanotune.bench.backends.base import Backend
 from nanotune.bench.records import BenchRequest, RequestRecord
 
-MAX_THREADS = 1024
+ENDPOINT_TYPES = ("completions", "chat")
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+CONNECT_TIMEOUT_S = 30.0
 
 
 class StreamError(Exception):
     """The server answered, but with an error (HTTP status, error event, truncated stream)."""
 
 
-def completions_url(url: str) -> urllib.parse.SplitResult:
-    """`http://host:8000`, `.../v1` or `.../v1/completions` -> the completions URL."""
+def base_url(url: str) -> urllib.parse.SplitResult:
+    """`http://host:8000`, `.../v1`, `.../v1/completions` or `.../v1/chat/completions` -> `.../v1`."""
     parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"--endpoint '{url}': expected http(s)://HOST:PORT, optionally ending in /v1")
-    path = parts.path.rstrip("/")
-    if not path.endswith("/completions"):
-        path = (path if path.endswith("/v1") else path + "/v1") + "/completions"
-    return parts._replace(path=path)
+    path = parts.path.rstrip("/").removesuffix("/completions").removesuffix("/chat")
+    return parts._replace(path=path if path.endswith("/v1") else path + "/v1")
 
 
-def _connect(url: urllib.parse.SplitResult, timeout: float) -> http.client.HTTPConnection:
-    cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    return cls(url.hostname, url.port, timeout=timeout)
+def completions_url(url: str, endpoint_type: str = "completions") -> urllib.parse.SplitResult:
+    """The URL requests go to; raises ValueError naming a malformed --endpoint."""
+    b = base_url(url)
+    return b._replace(path=b.path + ("/chat/completions" if endpoint_type == "chat" else "/completions"))
 
 
-def served_model(url: str, timeout: float = 10.0) -> str:
+def auth_headers(api_key: str | None) -> dict:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def served_model(url: str, timeout: float = 10.0, api_key: str | None = None) -> str:
     """The first model the server lists at /v1/models (what to put in `"model"` when --model is not given).
     Raises OSError/ValueError with a readable message when the server is unreachable or says nothing."""
-    u = completions_url(url)
-    conn = _connect(u, timeout)
     try:
-        conn.request("GET", u.path.removesuffix("/completions") + "/models")
-        resp = conn.getresponse()
-        body = resp.read()
-        if resp.status != 200:
-            raise ValueError(f"GET /v1/models answered HTTP {resp.status}")
-        models = json.loads(body).get("data") or []
-        if not models:
-            raise ValueError("GET /v1/models listed no model")
-        return models[0]["id"]
-    finally:
-        conn.close()
+        resp = httpx.get(base_url(url).geturl() + "/models", timeout=timeout, headers=auth_headers(api_key))
+    except httpx.HTTPError as e:
+        raise OSError(f"{type(e).__name__}: {e}") from None
+    if resp.status_code != 200:
+        raise ValueError(f"GET /v1/models answered HTTP {resp.status_code}: {error_text(resp.text)}")
+    models = resp.json().get("data") or []
+    if not models:
+        raise ValueError("GET /v1/models listed no model")
+    return models[0]["id"]
+
+
+def error_text(body: str) -> str:
+    """An error answer in one short line: OpenAI's error.message when the body is one, else the body."""
+    try:
+        err = json.loads(body).get("error")
+        msg = err.get("message") if isinstance(err, dict) else err
+        if msg:
+            return str(msg)[:300]
+    except (ValueError, AttributeError):
+        pass
+    return body.strip().replace("\n", " ")[:300]
 
 
 class EndpointBackend(Backend):
     name = "endpoint"
 
     def __init__(self, url: str, model: str, vocab_size: int, num_params: int | None = None,
-                 max_workers: int = MAX_THREADS, request_timeout: float = 600.0) -> None:
+                 max_workers: int | None = None, request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
+                 endpoint_type: str = "completions", api_key: str | None = None, tokenizer=None,
+                 ignore_eos: bool = True) -> None:
         super().__init__()
+        if endpoint_type not in ENDPOINT_TYPES:
+            raise ValueError(f"--endpoint-type '{endpoint_type}': one of {', '.join(ENDPOINT_TYPES)}")
+        if endpoint_type == "chat" and tokenizer is None:
+            raise ValueError("--endpoint-type chat sends text: give --tokenizer DIR (a local Hugging Face "
+                             "tokenizer folder) to turn the trace's prompts into text")
         self.url_text = url
-        self.url = completions_url(url)
+        self.url = completions_url(url, endpoint_type)
+        self.endpoint_type = endpoint_type
         self.model = model
         self.vocab_size = vocab_size
         self.num_params = num_params
         self.request_timeout = request_timeout
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(max_workers, MAX_THREADS)),
-                                                           thread_name_prefix="nanotune-http")
+        self.tokenizer = tokenizer
+        self.ignore_eos = ignore_eos
+        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+                        **auth_headers(api_key)}
+        self._limits = httpx.Limits(max_connections=max_workers, max_keepalive_connections=max_workers)
         self._ended: queue.Queue[RequestRecord] = queue.Queue()
-        self._lock = threading.Lock()
-        self._conns: set[http.client.HTTPConnection] = set()
+        self._tasks: set[asyncio.Task] = set()
         self._num_inflight = 0
         self._stopping = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="nanotune-http", daemon=True)
+        self._thread.start()
+        # made now (its SSL context takes a while), on the loop that will use it
+        self._client = asyncio.run_coroutine_threadsafe(self._make_client(), self._loop).result(60)
+
+    async def _make_client(self) -> httpx.AsyncClient:
+        timeout = httpx.Timeout(self.request_timeout, connect=min(CONNECT_TIMEOUT_S, self.request_timeout))
+        return httpx.AsyncClient(limits=self._limits, timeout=timeout)
 
     def describe(self) -> dict:
-        return {"engine": "endpoint", "endpoint": self.url.geturl(), "model": self.model,
-                "num_params": self.num_params, "vocab_size": self.vocab_size}
+        return {"engine": "endpoint", "endpoint": self.url.geturl(), "endpoint_type": self.endpoint_type,
+                "model": self.model, "num_params": self.num_params, "vocab_size": self.vocab_size,
+                "prompts": "text" if self.tokenizer is not None else "token ids", "ignore_eos": self.ignore_eos,
+                "request_timeout_s": self.request_timeout}
+
+    def prompt(self, req: BenchRequest):
+        if self.tokenizer is None:
+            return list(req.prompt_ids)
+        return self.tokenizer.decode(list(req.prompt_ids), skip_special_tokens=True)
 
     def payload(self, req: BenchRequest) -> dict:
-        return {"model": self.model, "prompt": list(req.prompt_ids), "max_tokens": req.output_len,
-                "min_tokens": req.output_len, "ignore_eos": True, "temperature": 0.0, "stream": True,
-                "stream_options": {"include_usage": True}}
+        common = {"model": self.model, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+        if self.ignore_eos:
+            common.update(min_tokens=req.output_len, ignore_eos=True)
+        if self.endpoint_type == "chat":
+            return {**common, "messages": [{"role": "user", "content": self.prompt(req)}],
+                    "max_completion_tokens": req.output_len}
+        return {**common, "prompt": self.prompt(req), "max_tokens": req.output_len}
 
+    # ---- the driver's side (its thread) -------------------------------------------------------------
     def submit(self, req: BenchRequest, rec: RequestRecord) -> None:
-        with self._lock:
-            self._num_inflight += 1
-        self._pool.submit(self._run, req, rec)
-
-    def _run(self, req: BenchRequest, rec: RequestRecord) -> None:
-        if self._stopping.is_set():
-            return
-        conn = _connect(self.url, self.request_timeout)
-        with self._lock:
-            self._conns.add(conn)
-        body = json.dumps(self.payload(req)).encode()
-        rec.send_s = self.now()  # when this request leaves the client; the wait before it is queue time
-        try:
-            usage_tokens = self._stream(conn, body, rec)
-            if not self._stopping.is_set():  # after Ctrl-C the driver marks it interrupted instead
-                if usage_tokens is not None:
-                    rec.output_len = usage_tokens
-                rec.finish(rec.token_times[-1] if rec.token_times else self.now())
-        except Exception as e:  # every failure is recorded on its request, never dropped
-            if not self._stopping.is_set():
-                msg = str(e) if isinstance(e, StreamError) else f"{type(e).__name__}: {e}".rstrip(": ")
-                rec.fail(self.now(), msg)
-        finally:
-            conn.close()
-            with self._lock:
-                self._conns.discard(conn)
-                self._num_inflight -= 1
-        if not self._stopping.is_set():
-            self._ended.put(rec)
-
-    def _stream(self, conn: http.client.HTTPConnection, body: bytes, rec: RequestRecord) -> int | None:
-        """Send one request and read its stream, stamping each chunk on `rec`; returns the server's
-        completion token count (None if it sent no usage). Raises StreamError on an error answer."""
-        conn.request("POST", self.url.path, body=body,
-                     headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            text = resp.read(500).decode("utf-8", "replace").strip().replace("\n", " ")
-            raise StreamError(f"HTTP {resp.status}: {text[:300]}")
-        usage_tokens = None
-        is_done = False
-        while not is_done:
-            line = resp.readline()
-            if not line:
-                break  # connection closed
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue  # SSE comments, event names, blank separators
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                is_done = True
-                break
-            chunk = json.loads(data)
-            if chunk.get("error"):
-                raise StreamError(f"server error: {json.dumps(chunk['error'])[:300]}")
-            if chunk.get("choices"):
-                rec.add_tokens(self.now(), 1)
-            usage = chunk.get("usage") or {}
-            if usage.get("completion_tokens") is not None:
-                usage_tokens = int(usage["completion_tokens"])
-        if not is_done and usage_tokens is None:
-            raise StreamError(f"stream ended early after {len(rec.token_times)} chunks "
-                              "(no [DONE], no usage): server closed the connection")
-        return usage_tokens
+        self._num_inflight += 1
+        body = json.dumps(self.payload(req)).encode()  # built here: a tokenizer is not shared across threads
+        self._loop.call_soon_threadsafe(self._start, body, rec)
 
     def poll(self, timeout: float) -> list[RequestRecord]:
         ended = []
@@ -176,17 +165,69 @@ class EndpointBackend(Backend):
         return {"num_running": self._num_inflight}
 
     def abort(self) -> None:
-        """Cut every open stream (a blocked read returns at once) and drop requests not yet started."""
+        """Cut every open stream at once (their tasks are cancelled; a record stays as the driver marks it)."""
         self._stopping.set()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                if conn.sock is not None:
-                    conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._loop.call_soon_threadsafe(lambda: [t.cancel() for t in list(self._tasks)])
 
     def close(self) -> None:
-        self._pool.shutdown(wait=not self._stopping.is_set(), cancel_futures=True)
+        if not self._loop.is_running():
+            return
+        asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+
+    # ---- the client's loop --------------------------------------------------------------------------
+    def _start(self, body: bytes, rec: RequestRecord) -> None:
+        task = self._loop.create_task(self._run(body, rec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, body: bytes, rec: RequestRecord) -> None:
+        rec.send_s = self.now()  # when this request leaves the client; the wait before it is queue time
+        try:
+            usage = await self._stream(body, rec)
+            if usage.get("completion_tokens") is not None:
+                rec.output_len = int(usage["completion_tokens"])
+            if usage.get("prompt_tokens") is not None:
+                rec.prompt_len = int(usage["prompt_tokens"])
+            rec.finish(rec.token_times[-1] if rec.token_times else self.now())
+        except asyncio.CancelledError:
+            self._num_inflight -= 1
+            return  # Ctrl-C: the driver marks it interrupted
+        except Exception as e:  # every failure is recorded on its request, never dropped
+            msg = str(e) if isinstance(e, StreamError) else f"{type(e).__name__}: {e}".rstrip(": ")
+            rec.fail(self.now(), msg)
+        self._num_inflight -= 1
+        if not self._stopping.is_set():
+            self._ended.put(rec)
+
+    async def _stream(self, body: bytes, rec: RequestRecord) -> dict:
+        """Send one request and read its SSE stream, stamping each chunk on `rec`; returns the server's
+        usage ({} if it sent none). Raises StreamError on an error answer."""
+        usage: dict = {}
+        is_done = False
+        async with self._client.stream("POST", self.url.geturl(), content=body, headers=self.headers) as resp:
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode("utf-8", "replace")
+                raise StreamError(f"HTTP {resp.status_code}: {error_text(text)}")
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # SSE comments, event names, blank separators
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    is_done = True
+                    break
+                chunk = json.loads(data)
+                if chunk.get("error"):
+                    raise StreamError(f"server error: {error_text(json.dumps(chunk))}")
+                if choices := chunk.get("choices"):
+                    c = choices[0]
+                    text = c.get("text") if "text" in c else (c.get("delta") or {}).get("content")
+                    if text is not None:  # a role-only or finish-only chunk carries no token
+                        rec.add_tokens(self.now(), 1)
+                        rec.generated_text += text
+                usage = chunk.get("usage") or usage
+        if not is_done and not usage:
+            raise StreamError(f"stream ended early after {len(rec.token_times)} chunks "
+                              "(no [DONE], no usage): server closed the connection")
+        return usage

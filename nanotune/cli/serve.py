@@ -1,0 +1,37 @@
+"""`nanotune serve`: the engine behind an OpenAI-compatible HTTP API. Thin over nanotune.serve.run."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="serve")
+@click.option("--model", required=True, help="Model preset (random weights) or a local Hugging Face checkpoint "
+                                             "folder (its tokenizer, if present, serves text prompts).")
+@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="Tensor-parallel GPUs.")
+@click.option("--plan", metavar="FILE|NAME", help="Pipeline plan (as for `nanotune bench --plan`).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--dtype", default="auto", show_default=True, help="auto | bfloat16 | float16 | float32")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Weights and unseeded sampling.")
+@click.option("--max-num-batched-tokens", type=click.IntRange(min=1), help="Dense-batch token budget.")
+@click.option("--max-num-seqs", type=click.IntRange(min=1), help="Most requests running at once.")
+@click.option("--max-model-len", type=click.IntRange(min=2), help="Context length (prompt + output).")
+@click.option("--max-queued", type=click.IntRange(min=0), default=4096, show_default=True,
+              help="Requests waiting beyond --max-num-seqs before new ones get 503 + Retry-After.")
+@click.option("--served-model-name", help="The name in /v1/models and in requests' `model`.")
+@click.option("--tokenizer", type=click.Path(file_okay=False, exists=True),
+              help="Local tokenizer folder [default: the model folder, if it has one].")
+def command(**o):
+    """Serve /v1/completions, /v1/chat/completions, /v1/models, /health and /metrics."""
+    from nanotune.console import err_console
+    from nanotune.serve.run import ServeOptions, build_server, serve_forever
+
+    host, port = o.pop("host"), o.pop("port")
+    server = build_server(ServeOptions(**o))
+    text = "text and token-id prompts" if server.tokenizer is not None else "token-id prompts only (no tokenizer)"
+    err_console.print(f"serving {server.model_name} on http://{host}:{port}/v1 ({text}); Ctrl-C stops",
+                      highlight=False)
+    serve_forever(server, host, port)

@@ -1,0 +1,1 @@
+"""`nanotune serve`: the engine behind an OpenAI-compatible HTTP API (aiohttp)."""
