@@ -18,8 +18,8 @@ from nanotune.bench.failures import describe, failure_reasons
 from nanotune.bench.metrics import compute_metrics
 from nanotune.bench.requests import build_requests, warmup_requests
 from nanotune.bench.stats import aggregate_runs
-from nanotune.results.bound import efficiency_metrics
 from nanotune.bench.vllm_format import vllm_fields
+from nanotune.results.bound import efficiency_metrics
 from nanotune.results.peak import PeakFlops
 
 SCHEMA = "nanotune.bench/1"

@@ -109,8 +109,8 @@ def _has_gpu() -> bool:
 @click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True,
               help="Endpoint: send vLLM's ignore_eos and min_tokens so outputs have the trace's lengths; "
                    "--no-ignore-eos for servers that reject unknown fields (outputs ending early are flagged short).")
-@click.option("--gpu", help="This GPU's committed reference profile (results/reference/GPU/, e.g. the endpoint's h200): "
-                            "the peak for efficiency and the power-aware bound.")
+@click.option("--gpu", help="This GPU's committed reference profile (results/reference/GPU/, e.g. the "
+                            "endpoint's h200): the peak for efficiency and the power-aware bound.")
 @click.option("--vllm-json", type=click.Path(dir_okay=False), help="Also write the result as vLLM's "
                                                                   "`bench serve --save-result` JSON to this file.")
 def command(**o):
