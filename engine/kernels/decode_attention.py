@@ -48,10 +48,12 @@ from engine.kernels._compat import (
 )
 
 
-def decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale, *, out=None, **_ignored):
+def decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale, *, out=None, k_scale=None,
+                         v_scale=None, **_ignored):
     """Torch reference and CPU path: gathers every sequence's pages padded to the longest, fp32 math.
 
     q [S, H, D]; caches [NB, Hkv, BS, D]; block_tables int32 [S, MB]; context_lens int32 [S] -> [S, H, D].
+    An fp8 cache holds K / k_scale per kv head (k_scale, v_scale fp32 [Hkv]; None = 1).
     """
     num_seqs, num_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = k_cache.shape
@@ -60,15 +62,17 @@ def decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale,
     nblk = cdiv(max(max_len, 1), block_size)
     ids = block_tables[:, :nblk].long()  # [S, nb]
 
-    def gather(cache):  # -> [S, Hkv, nb * BS, D] fp32
+    def gather(cache, kv_scale):  # -> [S, Hkv, nb * BS, D] fp32
         g = cache[ids].float()  # [S, nb, Hkv, BS, D]
+        if kv_scale is not None:
+            g = g * kv_scale.float().view(1, 1, num_kv_heads, 1, 1)
         return g.permute(0, 2, 1, 3, 4).reshape(num_seqs, num_kv_heads, nblk * block_size, head_dim)
 
     pos = torch.arange(nblk * block_size, device=q.device)
     valid = pos[None, :] < context_lens[:, None].to(pos.dtype)  # [S, N]
     # slots past a context hold anything (NaN in a poisoned cache): zero them, since 0 * NaN is NaN
     invalid = ~valid[:, None, :, None]
-    k, v = gather(k_cache).masked_fill_(invalid, 0.0), gather(v_cache).masked_fill_(invalid, 0.0)
+    k, v = gather(k_cache, k_scale).masked_fill_(invalid, 0.0), gather(v_cache, v_scale).masked_fill_(invalid, 0.0)
     qg = q.float().view(num_seqs, num_kv_heads, group, head_dim)
     scores = torch.einsum("skgd,sknd->skgn", qg, k) * scale  # [S, Hkv, G, N]
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
