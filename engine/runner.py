@@ -82,7 +82,7 @@ class ModelRunner:
         else:
             self.weights = random_weights(model_cfg, self.device, self.dtype, config.seed)
         self.load_seconds = time.perf_counter() - t0
-        self.kernels = get_ops(config.attention_backend, self.device)
+        self.kernels = get_ops(config.attention_backend, self.device, config.decode_kernel)
         self.cos_sin = build_cos_sin_cache(model_cfg.head_dim, max_model_len, model_cfg.rope_theta,
                                            model_cfg.rope_scaling, device=self.device)
         self.max_tokens = max(config.max_num_batched_tokens, config.max_num_seqs)

@@ -139,6 +139,9 @@ def _attend_tile(q, acc, m_i, l_i, pages, page0, t0, w_end, kc_ptr, vc_ptr, head
     if DOT_F32:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
+    else:  # an fp8 cache: dequantize to q's dtype (the scales are applied to scores and output)
+        k = k.to(q.dtype)
+        v = v.to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # [G_PAD, BLOCK_N]
     if MASKED:
         s = tl.where(valid[None, :], s, float("-inf"))
@@ -154,12 +157,12 @@ def _attend_tile(q, acc, m_i, l_i, pages, page0, t0, w_end, kc_ptr, vc_ptr, head
 # combination would be a fresh JIT compile in the middle of serving, seconds of stalled GPU.
 @triton.jit(do_not_specialize=["scale_log2", "num_seqs", "num_work", "split_len", "num_splits", "stride_bt"])
 def _decode_kernel(
-    q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, mid_o_ptr, mid_lse_ptr,
+    q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, mid_o_ptr, mid_lse_ptr, ks_ptr, vs_ptr,
     scale_log2, num_seqs, num_work, split_len, num_splits,
     stride_qs, stride_qh, stride_cb, stride_ch, stride_ct, stride_bt, stride_os, stride_oh,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW_PAGES: tl.constexpr, DIRECT: tl.constexpr,
-    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, HAS_SCALES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -185,6 +188,9 @@ def _decode_kernel(
             l_i = tl.zeros([G_PAD], tl.float32)
             acc = tl.zeros([G_PAD, HEAD_DIM], tl.float32)
             head_off = kvh * stride_ch
+            qk_scale = scale_log2
+            if HAS_SCALES:  # fp8 cache: K = K8 * k_scale[kvh], folded into the score scale
+                qk_scale = qk_scale * tl.load(ks_ptr + kvh)
             for w0 in range(start, end, WINDOW_PAGES * BLOCK_SIZE):
                 w_end = tl.minimum(end, w0 + WINDOW_PAGES * BLOCK_SIZE)
                 page0 = w0 // BLOCK_SIZE
@@ -195,13 +201,15 @@ def _decode_kernel(
                 for t0 in range(w0, full_end, BLOCK_N):
                     acc, m_i, l_i = _attend_tile(
                         q, acc, m_i, l_i, pages, page0, t0, w_end, kc_ptr, vc_ptr, head_off, stride_cb, stride_ct,
-                        scale_log2, n, d, BLOCK_SIZE, WINDOW_PAGES, False, DOT_F32, PRECISION)
+                        qk_scale, n, d, BLOCK_SIZE, WINDOW_PAGES, False, DOT_F32, PRECISION)
                 if full_end < w_end:
                     acc, m_i, l_i = _attend_tile(
                         q, acc, m_i, l_i, pages, page0, full_end, w_end, kc_ptr, vc_ptr, head_off, stride_cb,
-                        stride_ct, scale_log2, n, d, BLOCK_SIZE, WINDOW_PAGES, True, DOT_F32, PRECISION)
+                        stride_ct, qk_scale, n, d, BLOCK_SIZE, WINDOW_PAGES, True, DOT_F32, PRECISION)
             l_safe = tl.where(l_i > 0, l_i, 1.0)
             o = acc / l_safe[:, None]
+            if HAS_SCALES:
+                o = o * tl.load(vs_ptr + kvh)
             gmask = (g < GROUP)[:, None]
             if DIRECT:
                 tl.store(out_ptr + seq * stride_os + heads[:, None] * stride_oh + d[None, :],
@@ -239,7 +247,8 @@ def _decode_reduce_kernel(
 
 
 def decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, *, out=None,
-                     max_programs=None, num_splits=None, config: DecodeConfig | None = None):
+                     max_programs=None, num_splits=None, config: DecodeConfig | None = None, k_scale=None,
+                     v_scale=None):
     """Triton paged decode attention; arguments as decode_attention_ref. -> [S, H, D] in q's dtype.
 
     num_splits=None picks splits from the block-table width (a host-side bound on the context, no sync),
@@ -278,13 +287,14 @@ def decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, *, 
     interpreted = is_interpreted(q)
     _decode_kernel[(grid,)](
         q, k_cache, v_cache, block_tables, context_lens, out, mid_o, mid_lse,
+        out if k_scale is None else k_scale, out if v_scale is None else v_scale,  # fp8: fp32 [Hkv] each
         scale * 1.4426950408889634, num_seqs, num_work, split_len, num_splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         NUM_KV_HEADS=num_kv_heads, GROUP=group, G_PAD=max(16, next_pow2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, WINDOW_PAGES=next_pow2(window_pages), DIRECT=direct,
         DOT_F32=interpreted or q.dtype == torch.float32, PRECISION=dot_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_SCALES=k_scale is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not direct:
         num_items = num_seqs * num_heads
