@@ -79,6 +79,10 @@ class EngineConfig:
     seed: int = 0
     # KV cache
     block_size: int = 16
+    # "auto" = the model dtype; "fp8" = float8 e4m3 with fp32 scales per (layer, kv head), bounded from the
+    # weights (engine/kv_scales.py, no calibration data); per head rather than per tensor because heads'
+    # ranges differ and the kernels fold a head's scale into its score scale and output at no cost
+    kv_cache_dtype: str = "auto"
     gpu_memory_fraction: float = 0.90  # of total GPU memory the engine may use (weights + activations + KV)
     num_kv_blocks: int | None = None  # override the computed cache size (tests force preemption with this)
     cpu_kv_cache_gb: float = 1.0  # cache size on CPU, where free memory is not a meaningful measure

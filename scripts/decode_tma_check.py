@@ -14,6 +14,7 @@ Prints one table (TB/s per variant/config and budget) and writes JSON with the e
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -132,8 +133,8 @@ def main(argv=None) -> dict:
                     row["tb_s"][key] = None  # the interpreter's time means nothing
                     continue
                 try:
-                    ms = triton.testing.do_bench(lambda p=p: fn(q, k_, v_, bt, ctx, scale, max_programs=p, **kw),
-                                                 warmup=10, rep=40, return_mode="median")
+                    run = functools.partial(fn, q, k_, v_, bt, ctx, scale, max_programs=p, **kw)
+                    ms = triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median")
                     row["tb_s"][key] = round(nbytes / ms / 1e9, 3)
                 except Exception as e:
                     res["errors"].append(f"{row['variant']} P={key}: {type(e).__name__}: {str(e)[:200]}")

@@ -182,3 +182,23 @@ def test_tma_and_fp8_decode_llama3_8b_shapes(fp8, max_programs):
             out = torch.full_like(q, float("nan"))
             fn(q, kc, vc, bt, ctx, 128**-0.5, out=out, num_splits=splits, max_programs=max_programs, **kw)
             assert_close(out, ref, torch.bfloat16)
+
+
+def test_decode_tma_check_smoke(tmp_path):
+    """The lead's one GPU call, run here on tiny shapes under the interpreter: every variant checks out."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "check.json"
+    env = {**os.environ, "PYTHONPATH": str(root), "TRITON_INTERPRET": "1"}
+    subprocess.run([sys.executable, str(root / "scripts" / "decode_tma_check.py"), "--smoke", "--out", str(out)],
+                   check=True, env=env, capture_output=True, timeout=300)
+    res = json.loads(out.read_text())
+    assert res["environment"] and not res["errors"]
+    names = {r["variant"] for r in res["rows"]}
+    assert {"split", "split-fp8"} <= names and any(n.startswith("tma-") for n in names)
+    assert all(r["ok"] for r in res["rows"])

@@ -105,5 +105,5 @@ def get_ops(backend: str = "auto", device: torch.device | str | None = None,
     return replace(TRITON_OPS, name="triton-tma", decode_attention=decode_attention_tma_or_split)
 
 
-__all__ = ["BACKENDS", "DECODE_KERNELS", "DEFAULT_DECODE_KERNEL", "HAS_TRITON", "KernelOps", "TORCH_OPS", "TRITON_OPS", "build_cos_sin_cache",
-           "get_ops", "rope_inv_freq"]
+__all__ = ["BACKENDS", "DECODE_KERNELS", "DEFAULT_DECODE_KERNEL", "HAS_TRITON", "KernelOps", "TORCH_OPS",
+           "TRITON_OPS", "build_cos_sin_cache", "get_ops", "rope_inv_freq"]
