@@ -81,7 +81,8 @@ class EngineConfig:
     block_size: int = 16
     # "auto" = the model dtype; "fp8" = float8 e4m3 with fp32 scales per (layer, kv head), bounded from the
     # weights (engine/kv_scales.py, no calibration data); per head rather than per tensor because heads'
-    # ranges differ and the kernels fold a head's scale into its score scale and output at no cost
+    # ranges differ and the kernels fold a head's scale into its score scale and output at no cost; a dtype
+    # name (bfloat16, float16, float32) gives an unscaled cache of that dtype
     kv_cache_dtype: str = "auto"
     gpu_memory_fraction: float = 0.90  # of total GPU memory the engine may use (weights + activations + KV)
     num_kv_blocks: int | None = None  # override the computed cache size (tests force preemption with this)

@@ -63,11 +63,14 @@ class StepHandle:
 
 
 def resolve_kv_cache_dtype(name: str, dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """EngineConfig.kv_cache_dtype -> the cache's torch dtype ("auto" = the model's)."""
+    """EngineConfig.kv_cache_dtype -> the cache's torch dtype ("auto" = the model's; a 16/32-bit name casts K/V
+    to it on store, e.g. a bf16 cache under an fp32 model: the control for fp8's error)."""
     if name == "auto":
         return dtype
+    if name in DTYPES:
+        return DTYPES[name]
     if name != "fp8":
-        raise EngineConfigError(f"kv_cache_dtype '{name}': choose auto or fp8")
+        raise EngineConfigError(f"kv_cache_dtype '{name}': choose one of auto, fp8, {', '.join(DTYPES)}")
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         raise EngineConfigError("kv_cache_dtype 'fp8' needs a GPU with fp8 conversions (sm >= 89)")
     return torch.float8_e4m3fn
@@ -157,7 +160,7 @@ class ModelRunner:
             cache.fill_(float("nan"))
         self.kv_cache = cache
         self.model.kv = [(cache[i, 0], cache[i, 1]) for i in range(m.num_layers)]
-        if kv_dtype != self.dtype:  # fp8: K = stored * k_scale[layer, kv head] (see EngineConfig.kv_cache_dtype)
+        if kv_dtype == torch.float8_e4m3fn:  # K = stored * k_scale[layer, kv head] (EngineConfig.kv_cache_dtype)
             self.kv_scales = kv_scales_from_weights(m, self.weights)  # [L, 2, Hkv] fp32
             self.model.kv_scales = [{"k_scale": self.kv_scales[i, 0], "v_scale": self.kv_scales[i, 1]}
                                     for i in range(m.num_layers)]
