@@ -17,6 +17,7 @@ import argparse
 import functools
 import os
 import sys
+import time
 
 if "--smoke" in sys.argv:  # must precede the first triton import
     os.environ["TRITON_INTERPRET"] = "1"
@@ -29,9 +30,13 @@ from engine.kernels.testing import make_paged_kv, max_rel_error  # noqa: E402
 
 FULL = dict(heads=32, kv_heads=8, head_dim=128, block=16, seqs=64, context=4096,  # 64 x 4096 x 4 KB = 1 GiB
             budgets=[22, 33, 44, 66, 132, None],
-            tma=[(hpt, nw, ns) for hpt in (4, 8) for nw in (4, 8) for ns in (2, 3, 4)])
+            # (kv heads per box, warps, stages, warp-specialized); the warp-specialized ones last (the newest
+            # compiler path: if one fails to compile, it is recorded and the rest has run)
+            tma=[(hpt, nw, ns, False) for hpt in (4, 8) for nw in (4, 8) for ns in (2, 3, 4)]
+            + [(8, 8, 3, True), (4, 4, 4, True)])
+QUICK = dict(FULL, budgets=[44, 132, None], tma=[(8, 8, 3, False), (4, 4, 3, False), (8, 4, 2, False)])
 SMOKE = dict(heads=8, kv_heads=2, head_dim=32, block=16, seqs=3, context=80, budgets=[2, None],
-             tma=[(2, 4, 2), (1, 4, 3)])
+             tma=[(2, 4, 2, False), (1, 4, 3, True)])
 MAX_REL_ERR = {torch.bfloat16: 2e-2, torch.float32: 1e-4}
 
 
@@ -40,16 +45,18 @@ def parse_args(argv=None):
     default_out = os.path.join(os.environ["OUT"], "decode_tma_check.json") if os.environ.get("OUT") else None
     ap.add_argument("--out", default=default_out, help="JSON path (default $OUT/decode_tma_check.json)")
     ap.add_argument("--smoke", action="store_true", help="CPU + TRITON_INTERPRET=1, tiny shapes, untimed")
+    ap.add_argument("--quick", action="store_true", help="three TMA configs, budgets 44, 132 and full")
     return ap.parse_args(argv)
 
 
 def variants(shape) -> list[tuple[str, dict, object]]:
     """(name, config fields, fn(q, kc, vc, bt, ctx, scale, **kw)) for every kernel and tile config."""
     out = [("split", {}, da.decode_attention)]
-    for hpt, nw, ns in shape["tma"]:
-        cfg = dt.TmaDecodeConfig(heads_per_tile=hpt, num_warps=nw, num_stages=ns)
-        fn = lambda *a, _cfg=cfg, **kw: dt.decode_attention_tma(*a, config=_cfg, **kw)  # noqa: E731
-        out.append((f"tma-h{hpt}-w{nw}-s{ns}", {"heads_per_tile": hpt, "num_warps": nw, "num_stages": ns}, fn))
+    for hpt, nw, ns, ws in shape["tma"]:
+        cfg = dt.TmaDecodeConfig(heads_per_tile=hpt, num_warps=nw, num_stages=ns, warp_specialize=ws)
+        fn = functools.partial(dt.decode_attention_tma, config=cfg)
+        out.append((f"tma-h{hpt}-w{nw}-s{ns}" + ("-ws" if ws else ""),
+                    {"heads_per_tile": hpt, "num_warps": nw, "num_stages": ns, "warp_specialize": ws}, fn))
     return out
 
 
@@ -99,7 +106,8 @@ def main(argv=None) -> dict:
     from nanotune.results import copy_bandwidth_gbs, environment, write_json_atomic
 
     dev = "cpu" if args.smoke else "cuda"
-    shape = SMOKE if args.smoke else FULL
+    shape = SMOKE if args.smoke else QUICK if args.quick else FULL
+    t_start = time.perf_counter()
     dtype = torch.float32 if args.smoke else torch.bfloat16
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("decode_tma_check: needs a CUDA GPU (or --smoke)")
@@ -138,8 +146,11 @@ def main(argv=None) -> dict:
                     row["tb_s"][key] = round(nbytes / ms / 1e9, 3)
                 except Exception as e:
                     res["errors"].append(f"{row['variant']} P={key}: {type(e).__name__}: {str(e)[:200]}")
+            row["elapsed_s"] = round(time.perf_counter() - t_start, 1)
             res["rows"].append(row)
             print_row(row, shape)
+            if args.out:  # after every row: a crash later (a compiler abort) keeps what ran
+                write_json_atomic(args.out, res)
     best = {}
     for row in res["rows"]:
         for key, tbs in row["tb_s"].items():
@@ -162,7 +173,8 @@ def print_row(row, shape) -> None:
         print_row.done = True
     err = max(row.get("max_rel_err_ragged", 0), row.get("max_rel_err_timed", 0))
     cells = "".join(f"{row['tb_s'].get(k) or '-':>8}" for k in keys)
-    print(f"{row['variant']:<24}{'y' if row.get('ok') else 'n':>4}{err:>9.1e}{cells}", flush=True)
+    print(f"{row['variant']:<24}{'y' if row.get('ok') else 'n':>4}{err:>9.1e}{cells}  {row['elapsed_s']:>6}s",
+          flush=True)
 
 
 if __name__ == "__main__":

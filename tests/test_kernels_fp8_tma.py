@@ -131,7 +131,8 @@ def test_tma_decode_matches_ref(dtype, group, num_kv_heads, hpt, splits, max_pro
     ctx = torch.tensor(lens, dtype=torch.int32, device=DEV)
     ref = da.decode_attention_ref(q, kc, vc, bt, ctx, 0.3)
     out = torch.full_like(q, float("nan"))
-    cfg = dt.TmaDecodeConfig(heads_per_tile=hpt, num_warps=4, num_stages=2)
+    # windows of 2 pages: several windows per work item (130 tokens = 8 full pages + a partial one)
+    cfg = dt.TmaDecodeConfig(heads_per_tile=hpt, num_warps=4, num_stages=2, window_pages=2)
     res = dt.decode_attention_tma(q, kc, vc, bt, ctx, 0.3, out=out, num_splits=splits, max_programs=max_programs,
                                   config=cfg)
     assert res is out

@@ -13,9 +13,11 @@ The query tile is those heads' HPT * GROUP query rows (contiguous in q). S = Q K
 and only its block diagonal (query head with its own kv head) counts: the rest is masked to -inf, so P is
 zero there and P V sums each query row over its own kv head only. Work item = (split, seq, head tile).
 
-The page id of each iteration is a scalar load from the block table; the pipeliner issues it stages ahead
-together with the TMA load that depends on it. Only the context's last, partial page is masked (unwritten
-slots may hold anything, NaN included, so V rows past the context are zeroed before P V).
+Page ids: a box address that depends on a load inside the loop makes Triton's pipeliner keep a single
+buffer (seen in the sm90 TTGIR: 1 x box, whatever num_stages). So the ids of a window of WINDOW_PAGES pages
+are loaded once into registers and each iteration picks its own with a masked sum; then num_stages - 1
+boxes are in flight. Only the context's last, partial page is masked (unwritten slots may hold anything, NaN
+included, so V rows past the context are zeroed before P V).
 
 FP8 cache (e4m3): K and V are converted to q's dtype after the load; per-(kv head) scales k_scale, v_scale
 fp32 [Hkv] multiply the scores (per column) and the output (per row), not every element.
@@ -44,6 +46,8 @@ class TmaDecodeConfig:
     heads_per_tile: int = 8  # kv heads per TMA box (capped at Hkv; box rows = heads_per_tile * block_size)
     num_warps: int = 8
     num_stages: int = 3  # TMA boxes in flight = num_stages - 1 (each K + V: 2 x rows x D x itemsize bytes)
+    warp_specialize: bool = False  # tl.range(warp_specialize=True): producer warps issue the loads
+    window_pages: int = 32  # page ids held in registers at a time (the pipeline drains between windows)
 
 
 def default_config(num_kv_heads: int, block_size: int, dtype: torch.dtype) -> TmaDecodeConfig:
@@ -99,8 +103,10 @@ def _decode_tma_kernel(
     scale_log2, num_seqs, num_work, split_len, num_splits,
     stride_qs, stride_qh, stride_bt, stride_os, stride_oh,
     NUM_KV_HEADS: tl.constexpr, NUM_TILES: tl.constexpr, HPT: tl.constexpr, GROUP: tl.constexpr,
-    M_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, DIRECT: tl.constexpr,
-    HAS_SCALES: tl.constexpr, NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    M_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, WINDOW_PAGES: tl.constexpr,
+    DIRECT: tl.constexpr,
+    HAS_SCALES: tl.constexpr, NUM_STAGES: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, DOT_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -111,6 +117,7 @@ def _decode_tma_kernel(
     # [M, R] the block diagonal; padding rows (q = 0) keep every column so their softmax stays finite
     same_head = ((r // GROUP)[:, None] == (c // BLOCK_SIZE)[None, :]) | ~row_ok[:, None]
     col_tok = c % BLOCK_SIZE
+    pg = tl.arange(0, WINDOW_PAGES)
     for w in range(pid, num_work, nprog):
         tile = w % NUM_TILES
         seq = (w // NUM_TILES) % num_seqs
@@ -133,11 +140,16 @@ def _decode_tma_kernel(
             acc = tl.zeros([M_PAD, HEAD_DIM], tl.float32)
             bt_row = bt_ptr + seq * stride_bt
             full_end = end // BLOCK_SIZE * BLOCK_SIZE
-            for t0 in tl.range(start, full_end, BLOCK_SIZE, num_stages=NUM_STAGES):
-                blk = tl.load(bt_row + t0 // BLOCK_SIZE)
-                row = (blk * NUM_KV_HEADS + h0) * BLOCK_SIZE
-                acc, m_i, l_i = _tma_tile(q, acc, m_i, l_i, kdesc, vdesc, row, t0, end, same_head, col_tok,
-                                          s_mul, False, DOT_F32, PRECISION)
+            for w0 in range(start, full_end, WINDOW_PAGES * BLOCK_SIZE):
+                # a window's page ids in registers; each iteration picks its own with a reduction, so no box
+                # address depends on a load inside the pipelined loop (with one, Triton keeps one buffer)
+                num_pages = tl.minimum(WINDOW_PAGES, (full_end - w0) // BLOCK_SIZE)
+                pages = tl.load(bt_row + w0 // BLOCK_SIZE + pg, mask=pg < num_pages, other=0)
+                for i in tl.range(0, num_pages, num_stages=NUM_STAGES, warp_specialize=WARP_SPECIALIZE):
+                    blk = tl.sum(tl.where(pg == i, pages, 0))
+                    row = (blk * NUM_KV_HEADS + h0) * BLOCK_SIZE
+                    acc, m_i, l_i = _tma_tile(q, acc, m_i, l_i, kdesc, vdesc, row, w0 + i * BLOCK_SIZE, end,
+                                              same_head, col_tok, s_mul, False, DOT_F32, PRECISION)
             if full_end < end:
                 blk = tl.load(bt_row + full_end // BLOCK_SIZE)
                 row = (blk * NUM_KV_HEADS + h0) * BLOCK_SIZE
@@ -208,8 +220,10 @@ def decode_attention_tma(q, k_cache, v_cache, block_tables, context_lens, scale,
         scale * 1.4426950408889634, num_seqs, num_work, split_len, num_splits,
         q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
         NUM_KV_HEADS=num_kv_heads, NUM_TILES=num_tiles, HPT=hpt, GROUP=group,
-        M_PAD=max(16, next_pow2(hpt * group)), HEAD_DIM=head_dim, BLOCK_SIZE=block_size, DIRECT=direct,
-        HAS_SCALES=has_scales, NUM_STAGES=cfg.num_stages, DOT_F32=interpreted or q.dtype == torch.float32,
+        M_PAD=max(16, next_pow2(hpt * group)), HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        WINDOW_PAGES=next_pow2(cfg.window_pages), DIRECT=direct,
+        HAS_SCALES=has_scales, NUM_STAGES=cfg.num_stages, WARP_SPECIALIZE=cfg.warp_specialize and not interpreted,
+        DOT_F32=interpreted or q.dtype == torch.float32,
         PRECISION=dot_precision(q.dtype), num_warps=cfg.num_warps,
     )
     if not direct:
