@@ -1,4 +1,5 @@
-"""`nanotune bench --kv-cache-dtype`: the real tiny engine with an fp8 cache, and the refusal for peers."""
+"""`nanotune bench --kv-cache-dtype / --decode-kernel`: the real tiny engine with an fp8 cache, and the refusal
+for peers."""
 
 import json
 
@@ -24,7 +25,7 @@ def test_fp8_kv_cache_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--engine", "hf"], ["--endpoint", "http://localhost:1"]])
-def test_fp8_kv_cache_refused_for_peers(tmp_path, args):
-    res = invoke(*args, "--kv-cache-dtype", "fp8", "--results-dir", str(tmp_path), "--no-progress",
-                 "--peak-tflops", "1")
-    assert res.exit_code == 2 and "--kv-cache-dtype" in res.output, res.output
+@pytest.mark.parametrize("flag,value", [("--kv-cache-dtype", "fp8"), ("--decode-kernel", "tma")])
+def test_engine_options_refused_for_peers(tmp_path, args, flag, value):
+    res = invoke(*args, flag, value, "--results-dir", str(tmp_path), "--no-progress", "--peak-tflops", "1")
+    assert res.exit_code == 2 and flag in res.output, res.output

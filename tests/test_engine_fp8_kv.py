@@ -80,7 +80,6 @@ def test_fp8_kv_llama3_8b_shapes_gpu(decode_kernel):
     prompts = [torch.randint(0, 128256, (n,), generator=g).tolist() for n in (17, 200, 1000, 2048)]
     kw = dict(device="cuda", num_kv_blocks=1024, max_num_seqs=8, decode_kernel=decode_kernel)
     base = run("llama-3-8b", prompts, **kw)
-    del base[0].runner.kv_cache  # two 8B engines fit an H200; free the cache early anyway
     fp8 = run("llama-3-8b", prompts, kv_cache_dtype="fp8", **kw)
     m = compare(base, fp8)
     print("llama-3-8b", decode_kernel, m)
