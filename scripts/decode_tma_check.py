@@ -30,13 +30,18 @@ from engine.kernels.testing import make_paged_kv, max_rel_error  # noqa: E402
 
 FULL = dict(heads=32, kv_heads=8, head_dim=128, block=16, seqs=64, context=4096,  # 64 x 4096 x 4 KB = 1 GiB
             budgets=[22, 33, 44, 66, 132, None],
-            # (kv heads per box, warps, stages, warp-specialized); the warp-specialized ones last (the newest
-            # compiler path: if one fails to compile, it is recorded and the rest has run)
-            tma=[(hpt, nw, ns, False) for hpt in (4, 8) for nw in (4, 8) for ns in (2, 3, 4)]
-            + [(8, 8, 3, True), (4, 4, 4, True)])
-QUICK = dict(FULL, budgets=[44, 132, None], tma=[(8, 8, 3, False), (4, 4, 3, False), (8, 4, 2, False)])
+            # (kv heads per box, warps, stages, min query rows, warp-specialized). min rows 16: mma.sync, K/V
+            # through registers; 64: wgmma from shared memory. Warp-specialized last (the newest compiler path:
+            # if one fails to compile it is recorded, and the rest has run). Over the card's shared memory:
+            # recorded as an error row.
+            tma=[(8, 8, 3, 16, False), (8, 4, 3, 16, False), (8, 8, 4, 16, False), (4, 4, 3, 16, False),
+                 (4, 4, 4, 16, False),
+                 (8, 4, 2, 64, False), (8, 8, 2, 64, False), (8, 4, 3, 64, False), (8, 8, 3, 64, False),
+                 (4, 4, 3, 64, False), (4, 4, 4, 64, False), (4, 8, 4, 64, False),
+                 (8, 4, 3, 64, True), (8, 4, 2, 64, True)])
+QUICK = dict(FULL, budgets=[44, 132, None], tma=[(8, 4, 3, 64, False), (8, 8, 3, 16, False), (4, 4, 4, 64, False)])
 SMOKE = dict(heads=8, kv_heads=2, head_dim=32, block=16, seqs=3, context=80, budgets=[2, None],
-             tma=[(2, 4, 2, False), (1, 4, 3, True)])
+             tma=[(2, 4, 2, 16, False), (1, 4, 3, 64, True)])
 MAX_REL_ERR = {torch.bfloat16: 2e-2, torch.float32: 1e-4}
 
 
@@ -51,12 +56,13 @@ def parse_args(argv=None):
 
 def variants(shape) -> list[tuple[str, dict, object]]:
     """(name, config fields, fn(q, kc, vc, bt, ctx, scale, **kw)) for every kernel and tile config."""
-    out = [("split", {}, da.decode_attention)]
-    for hpt, nw, ns, ws in shape["tma"]:
-        cfg = dt.TmaDecodeConfig(heads_per_tile=hpt, num_warps=nw, num_stages=ns, warp_specialize=ws)
+    out = [("split", {}, da.decode_attention), ("tma-default", {}, dt.decode_attention_tma)]
+    for hpt, nw, ns, rows, ws in shape["tma"]:
+        cfg = dt.TmaDecodeConfig(heads_per_tile=hpt, num_warps=nw, num_stages=ns, min_rows=rows, warp_specialize=ws)
         fn = functools.partial(dt.decode_attention_tma, config=cfg)
-        out.append((f"tma-h{hpt}-w{nw}-s{ns}" + ("-ws" if ws else ""),
-                    {"heads_per_tile": hpt, "num_warps": nw, "num_stages": ns, "warp_specialize": ws}, fn))
+        out.append((f"tma-h{hpt}-w{nw}-s{ns}-m{rows}" + ("-ws" if ws else ""),
+                    {"heads_per_tile": hpt, "num_warps": nw, "num_stages": ns, "min_rows": rows,
+                     "warp_specialize": ws}, fn))
     return out
 
 

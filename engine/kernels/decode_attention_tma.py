@@ -48,15 +48,19 @@ class TmaDecodeConfig:
     num_stages: int = 3  # TMA boxes in flight = num_stages - 1 (each K + V: 2 x rows x D x itemsize bytes)
     warp_specialize: bool = False  # tl.range(warp_specialize=True): producer warps issue the loads
     window_pages: int = 32  # page ids held in registers at a time (the pipeline drains between windows)
+    # query rows padded to at least this: 64 lets Hopper run the dots as wgmma straight from the TMA'd
+    # shared memory; below 64 Triton uses mma.sync and first moves K/V into registers
+    min_rows: int = 16
 
 
-def default_config(num_kv_heads: int, block_size: int, dtype: torch.dtype) -> TmaDecodeConfig:
-    """A box of <= 128 rows and >= 16 query rows (tl.dot). Pick the engine's tiles from the sweep in
-    scripts/decode_tma_check.py."""
+def default_config(num_kv_heads: int, block_size: int, dtype: torch.dtype, kv_itemsize: int) -> TmaDecodeConfig:
+    """Boxes of <= 128 rows; query rows padded to 64 for wgmma. With that padding Triton keeps num_stages
+    boxes (sm90 TTGIR): 3 x (K + V) x 32 KB = 192 KB of bf16 in flight, 4 x 16 KB x 2 of fp8 (H100/H200
+    shared memory: 227 KB per block). To be set from the sweep in scripts/decode_tma_check.py."""
     if dtype == torch.float32:  # interpreter / tests: small shared memory
         return TmaDecodeConfig(heads_per_tile=min(num_kv_heads, 2), num_warps=4, num_stages=2)
-    return TmaDecodeConfig(heads_per_tile=max(1, min(num_kv_heads, 128 // block_size)), num_warps=8,
-                           num_stages=3)
+    return TmaDecodeConfig(heads_per_tile=max(1, min(num_kv_heads, 128 // block_size)), num_warps=4,
+                           num_stages=3 if kv_itemsize > 1 else 4, min_rows=64)
 
 
 def is_supported(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
@@ -187,7 +191,7 @@ def decode_attention_tma(q, k_cache, v_cache, block_tables, context_lens, scale,
         out = torch.empty_like(q)
     if num_seqs == 0:
         return out
-    cfg = config or default_config(num_kv_heads, block_size, q.dtype)
+    cfg = config or default_config(num_kv_heads, block_size, q.dtype, k_cache.element_size())
     # kv heads per box: a power of two (tl.arange) dividing Hkv, box rows <= 256 (TMA's limit per dimension)
     hpt = 1
     while 2 * hpt <= min(cfg.heads_per_tile, 256 // block_size) and num_kv_heads % (2 * hpt) == 0:
@@ -220,7 +224,7 @@ def decode_attention_tma(q, k_cache, v_cache, block_tables, context_lens, scale,
         scale * 1.4426950408889634, num_seqs, num_work, split_len, num_splits,
         q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
         NUM_KV_HEADS=num_kv_heads, NUM_TILES=num_tiles, HPT=hpt, GROUP=group,
-        M_PAD=max(16, next_pow2(hpt * group)), HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        M_PAD=max(16, cfg.min_rows, next_pow2(hpt * group)), HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         WINDOW_PAGES=next_pow2(cfg.window_pages), DIRECT=direct,
         HAS_SCALES=has_scales, NUM_STAGES=cfg.num_stages, WARP_SPECIALIZE=cfg.warp_specialize and not interpreted,
         DOT_F32=interpreted or q.dtype == torch.float32,
