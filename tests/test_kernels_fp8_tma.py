@@ -159,6 +159,30 @@ def test_get_ops_decode_kernel_choice():
     assert "tma" in DECODE_KERNELS and "split" in DECODE_KERNELS
 
 
+@needs_triton
+@pytest.mark.parametrize("choice,default,expect", [("split", "tma", "split"), ("tma", "split", "tma"),
+                                                   ("auto", "split", "split"), ("auto", "tma", "tma")])
+def test_decode_kernel_dispatch(monkeypatch, choice, default, expect):
+    """get_ops(decode_kernel=...) and the engine-wide default route to the named kernel, with the same result."""
+    import engine.kernels as K
+
+    calls = []
+    for mod, name in ((da, "decode_attention"), (dt, "decode_attention_tma")):
+        fn = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _fn=fn, _n=name, **kw: calls.append(_n) or _fn(*a, **kw))
+    monkeypatch.setattr(K, "DEFAULT_DECODE_KERNEL", default)
+    lens = [1, 17, 40]
+    torch.manual_seed(4)
+    kc, vc, bt, _, _ = make_paged_kv(lens, 2, 32, 16, torch.float32, DEV)
+    q = torch.randn(3, 8, 32).to(DEV)
+    ctx = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    ops = K.get_ops("triton", DEV, choice)
+    assert (ops is K.TRITON_OPS) == (choice == "auto")
+    out = ops.decode_attention(q, kc, vc, bt, ctx, 0.2, max_programs=3)
+    assert calls == ["decode_attention" if expect == "split" else "decode_attention_tma"]
+    assert_close(out, da.decode_attention_ref(q, kc, vc, bt, ctx, 0.2), torch.float32)
+
+
 # ---- GPU, Llama-3-8B shapes ----
 
 
