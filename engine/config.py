@@ -69,6 +69,17 @@ class ModelConfig:
         return asdict(self)
 
 
+KV_CACHE_DTYPES = ("auto", "fp8", "bfloat16", "float16", "float32")
+
+
+def kv_cache_dtype_bytes(kv_cache_dtype: str, model_dtype_bytes: int) -> int:
+    """Bytes per K/V element of a cache: "auto" = the model's, fp8 = 1 (for ModelConfig.kv_bytes_per_token)."""
+    sizes = {"auto": model_dtype_bytes, "fp8": 1, "bfloat16": 2, "float16": 2, "float32": 4}
+    if kv_cache_dtype not in sizes:
+        raise EngineConfigError(f"kv_cache_dtype '{kv_cache_dtype}': choose one of {', '.join(KV_CACHE_DTYPES)}")
+    return sizes[kv_cache_dtype]
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything the engine needs. `model` is a preset name or a local Hugging Face checkpoint directory."""

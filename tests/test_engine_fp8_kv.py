@@ -18,8 +18,8 @@ pytest.importorskip("transformers")
 STEPS = 24
 
 
-def run(model, prompts, **kw):
-    eng = LLMEngine(EngineConfig(model=model, keep_logits=True, max_model_len=256, **kw))
+def run(model, prompts, max_model_len=256, **kw):
+    eng = LLMEngine(EngineConfig(model=model, keep_logits=True, max_model_len=max_model_len, **kw))
     ids = [eng.add_request(p, SamplingParams(max_tokens=STEPS, ignore_eos=True)) for p in prompts]
     tokens, logits = {i: [] for i in ids}, {i: [] for i in ids}
     while eng.has_unfinished():
@@ -78,10 +78,21 @@ def test_kv_cache_dtype_rejects_unknown():
 def test_fp8_kv_llama3_8b_shapes_gpu(decode_kernel):
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, 128256, (n,), generator=g).tolist() for n in (17, 200, 1000, 2048)]
-    kw = dict(device="cuda", num_kv_blocks=1024, max_num_seqs=8, decode_kernel=decode_kernel)
+    kw = dict(device="cuda", num_kv_blocks=1024, max_num_seqs=8, decode_kernel=decode_kernel, max_model_len=4096)
     base = run("llama-3-8b", prompts, **kw)
     fp8 = run("llama-3-8b", prompts, kv_cache_dtype="fp8", **kw)
     m = compare(base, fp8)
     print("llama-3-8b", decode_kernel, m)
     assert 0 < m["first_token_rel_err"] < 0.1
     assert m["mean_greedy_agreement"] >= 0.25
+
+
+def test_kv_cache_dtype_bytes_matches_the_runner():
+    from engine.config import KV_CACHE_DTYPES, kv_cache_dtype_bytes
+    from engine.runner import resolve_kv_cache_dtype
+
+    for name in KV_CACHE_DTYPES:
+        torch_dtype = resolve_kv_cache_dtype(name, torch.float32, torch.device("cpu"))
+        assert kv_cache_dtype_bytes(name, 4) == torch_dtype.itemsize
+    with pytest.raises(EngineConfigError, match="kv_cache_dtype 'int4'"):
+        kv_cache_dtype_bytes("int4", 2)
