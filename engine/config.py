@@ -93,6 +93,17 @@ class ModelConfig:
         return asdict(self)
 
 
+KV_CACHE_DTYPES = ("auto", "fp8", "bfloat16", "float16", "float32")
+
+
+def kv_cache_dtype_bytes(kv_cache_dtype: str, model_dtype_bytes: int) -> int:
+    """Bytes per K/V element of a cache: "auto" = the model's, fp8 = 1 (for ModelConfig.kv_bytes_per_token)."""
+    sizes = {"auto": model_dtype_bytes, "fp8": 1, "bfloat16": 2, "float16": 2, "float32": 4}
+    if kv_cache_dtype not in sizes:
+        raise EngineConfigError(f"kv_cache_dtype '{kv_cache_dtype}': choose one of {', '.join(KV_CACHE_DTYPES)}")
+    return sizes[kv_cache_dtype]
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything the engine needs. `model` is a preset name or a local Hugging Face checkpoint directory."""
@@ -103,6 +114,11 @@ class EngineConfig:
     seed: int = 0
     # KV cache
     block_size: int = 16
+    # "auto" = the model dtype; "fp8" = float8 e4m3 with fp32 scales per (layer, kv head), bounded from the
+    # weights (engine/kv_scales.py, no calibration data); per head rather than per tensor because heads'
+    # ranges differ and the kernels fold a head's scale into its score scale and output at no cost; a dtype
+    # name (bfloat16, float16, float32) gives an unscaled cache of that dtype
+    kv_cache_dtype: str = "auto"
     gpu_memory_fraction: float = 0.90  # of total GPU memory the engine may use (weights + activations + KV)
     num_kv_blocks: int | None = None  # override the computed cache size (tests force preemption with this)
     cpu_kv_cache_gb: float = 1.0  # cache size on CPU, where free memory is not a meaningful measure
@@ -114,6 +130,7 @@ class EngineConfig:
     kv_overcommit: float = 1.0  # admit while predicted peak KV <= this x cache (> 1: more load, may preempt)
     # Runner
     attention_backend: str = "auto"  # "auto" (triton on CUDA, torch on CPU) | "triton" | "torch"
+    decode_kernel: str = "auto"  # triton decode attention: "auto" | "split" | "tma" (engine.kernels.DECODE_KERNELS)
     plan: str | None = None  # PipelinePlan JSON path or name (plan_library.resolve_plan); None = sequential
     use_cuda_graphs: bool = True  # decode-only iterations replay graphs captured per batch-size bucket
     mixed_cuda_graphs: bool = True  # and (with use_cuda_graphs) mixed ones, per (tokens, decode) bucket

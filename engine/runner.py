@@ -14,6 +14,7 @@ from engine.batch_builder import BatchBuilder
 from engine.config import CacheInfo, EngineConfig, ModelConfig
 from engine.errors import EngineConfigError
 from engine.kernels import build_cos_sin_cache, get_ops
+from engine.kv_scales import kv_scales_from_weights
 from engine.models.llama import LlamaModel
 from engine.models.weights import load_hf_weights, random_weights
 from engine.pipeline import OpTiming, PlanExecutor
@@ -61,6 +62,20 @@ class StepHandle:
         return [next(it) if s.samples else None for s in self.batch.seqs]
 
 
+def resolve_kv_cache_dtype(name: str, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """EngineConfig.kv_cache_dtype -> the cache's torch dtype ("auto" = the model's; a 16/32-bit name casts K/V
+    to it on store, e.g. a bf16 cache under an fp32 model: the control for fp8's error)."""
+    if name == "auto":
+        return dtype
+    if name in DTYPES:
+        return DTYPES[name]
+    if name != "fp8":
+        raise EngineConfigError(f"kv_cache_dtype '{name}': choose one of auto, fp8, {', '.join(DTYPES)}")
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        raise EngineConfigError("kv_cache_dtype 'fp8' needs a GPU with fp8 conversions (sm >= 89)")
+    return torch.float8_e4m3fn
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, model_cfg: ModelConfig, max_model_len: int):
         self.config = config
@@ -82,7 +97,7 @@ class ModelRunner:
         else:
             self.weights = random_weights(model_cfg, self.device, self.dtype, config.seed)
         self.load_seconds = time.perf_counter() - t0
-        self.kernels = get_ops(config.attention_backend, self.device)
+        self.kernels = get_ops(config.attention_backend, self.device, config.decode_kernel)
         self.cos_sin = build_cos_sin_cache(model_cfg.head_dim, max_model_len, model_cfg.rope_theta,
                                            model_cfg.rope_scaling, device=self.device)
         self.max_tokens = max(config.max_num_batched_tokens, config.max_num_seqs)
@@ -121,7 +136,8 @@ class ModelRunner:
     # ---- KV cache -----------------------------------------------------------------------------------
     def _allocate_kv_cache(self, workspace_bytes: int) -> CacheInfo:
         c, m = self.config, self.model_cfg
-        per_block = 2 * m.num_layers * m.num_kv_heads * c.block_size * m.head_dim * self.dtype.itemsize
+        kv_dtype = resolve_kv_cache_dtype(c.kv_cache_dtype, self.dtype, self.device)
+        per_block = m.kv_bytes_per_token(kv_dtype.itemsize) * c.block_size
         if c.num_kv_blocks is not None:
             num_blocks = c.num_kv_blocks
         elif self.device.type == "cuda":
@@ -139,11 +155,15 @@ class ModelRunner:
                                     f"GiB of weights (gpu_memory_fraction={c.gpu_memory_fraction})")
         # [L, 2, blocks, Hkv, block_size, D]; each layer's K and V are contiguous views
         cache = torch.empty((m.num_layers, 2, num_blocks, m.num_kv_heads, c.block_size, m.head_dim),
-                            device=self.device, dtype=self.dtype)
+                            device=self.device, dtype=kv_dtype)
         if c.poison_kv_cache:  # tests: any read of a slot nothing wrote shows up as NaN
             cache.fill_(float("nan"))
         self.kv_cache = cache
         self.model.kv = [(cache[i, 0], cache[i, 1]) for i in range(m.num_layers)]
+        if kv_dtype == torch.float8_e4m3fn:  # K = stored * k_scale[layer, kv head] (EngineConfig.kv_cache_dtype)
+            self.kv_scales = kv_scales_from_weights(m, self.weights)  # [L, 2, Hkv] fp32
+            self.model.kv_scales = [{"k_scale": self.kv_scales[i, 0], "v_scale": self.kv_scales[i, 1]}
+                                    for i in range(m.num_layers)]
         return CacheInfo(num_blocks=num_blocks, block_size=c.block_size, bytes_per_block=per_block,
                          weights_bytes=self.weights.num_bytes, activation_bytes=workspace_bytes)
 

@@ -55,11 +55,12 @@ from engine.kernels._compat import (
 
 
 def decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale, *, out=None, window=0,
-                         **_ignored):
+                         k_scale=None, v_scale=None, **_ignored):
     """Torch reference and CPU path: gathers every sequence's pages padded to the longest, fp32 math.
 
     q [S, H, D]; caches [NB, Hkv, BS, D]; block_tables int32 [S, MB]; context_lens int32 [S] -> [S, H, D].
     window > 0: sliding window, keys [ctx - window, ctx) only (HF: k > q_pos - window).
+    An fp8 cache holds K / k_scale per kv head (k_scale, v_scale fp32 [Hkv]; None = 1).
     """
     num_seqs, num_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = k_cache.shape
@@ -68,8 +69,10 @@ def decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale,
     nblk = cdiv(max(max_len, 1), block_size)
     ids = block_tables[:, :nblk].long()  # [S, nb]
 
-    def gather(cache):  # -> [S, Hkv, nb * BS, D] fp32
+    def gather(cache, kv_scale):  # -> [S, Hkv, nb * BS, D] fp32
         g = cache[ids].float()  # [S, nb, Hkv, BS, D]
+        if kv_scale is not None:
+            g = g * kv_scale.float().view(1, 1, num_kv_heads, 1, 1)
         return g.permute(0, 2, 1, 3, 4).reshape(num_seqs, num_kv_heads, nblk * block_size, head_dim)
 
     pos = torch.arange(nblk * block_size, device=q.device)
@@ -78,7 +81,7 @@ def decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale,
         valid &= pos[None, :] >= context_lens[:, None].to(pos.dtype) - window
     # slots past a context hold anything (NaN in a poisoned cache): zero them, since 0 * NaN is NaN
     invalid = ~valid[:, None, :, None]
-    k, v = gather(k_cache).masked_fill_(invalid, 0.0), gather(v_cache).masked_fill_(invalid, 0.0)
+    k, v = gather(k_cache, k_scale).masked_fill_(invalid, 0.0), gather(v_cache, v_scale).masked_fill_(invalid, 0.0)
     qg = q.float().view(num_seqs, num_kv_heads, group, head_dim)
     scores = torch.einsum("skgd,sknd->skgn", qg, k) * scale  # [S, Hkv, G, N]
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
@@ -146,6 +149,9 @@ def _attend_tile(q, acc, m_i, l_i, pages, page0, t0, w_start, w_end, kc_ptr, vc_
     if DOT_F32:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
+    else:  # an fp8 cache: dequantize to q's dtype (the scales are applied to scores and output)
+        k = k.to(q.dtype)
+        v = v.to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # [G_PAD, BLOCK_N]
     if MASKED:
         s = tl.where(valid[None, :], s, float("-inf"))
@@ -161,12 +167,12 @@ def _attend_tile(q, acc, m_i, l_i, pages, page0, t0, w_start, w_end, kc_ptr, vc_
 # combination would be a fresh JIT compile in the middle of serving, seconds of stalled GPU.
 @triton.jit(do_not_specialize=["scale_log2", "num_seqs", "num_work", "split_len", "num_splits", "stride_bt"])
 def _decode_kernel(
-    q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, mid_o_ptr, mid_lse_ptr,
+    q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, mid_o_ptr, mid_lse_ptr, ks_ptr, vs_ptr,
     scale_log2, num_seqs, num_work, split_len, num_splits,
     stride_qs, stride_qh, stride_cb, stride_ch, stride_ct, stride_bt, stride_os, stride_oh,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW_PAGES: tl.constexpr, DIRECT: tl.constexpr,
-    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, WINDOW: tl.constexpr = 0,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, HAS_SCALES: tl.constexpr, WINDOW: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -196,6 +202,9 @@ def _decode_kernel(
             l_i = tl.zeros([G_PAD], tl.float32)
             acc = tl.zeros([G_PAD, HEAD_DIM], tl.float32)
             head_off = kvh * stride_ch
+            qk_scale = scale_log2
+            if HAS_SCALES:  # fp8 cache: K = K8 * k_scale[kvh], folded into the score scale
+                qk_scale = qk_scale * tl.load(ks_ptr + kvh)
             for w0 in range(start, end, WINDOW_PAGES * BLOCK_SIZE):
                 w_end = tl.minimum(end, w0 + WINDOW_PAGES * BLOCK_SIZE)
                 page0 = w0 // BLOCK_SIZE
@@ -207,19 +216,21 @@ def _decode_kernel(
                     if w0 < lo:  # the sliding window starts inside this first tile: mask the keys below it
                         acc, m_i, l_i = _attend_tile(
                             q, acc, m_i, l_i, pages, page0, w0, lo, w_end, kc_ptr, vc_ptr, head_off, stride_cb,
-                            stride_ct, scale_log2, n, d, BLOCK_SIZE, WINDOW_PAGES, True, DOT_F32, PRECISION)
+                            stride_ct, qk_scale, n, d, BLOCK_SIZE, WINDOW_PAGES, True, DOT_F32, PRECISION)
                         t_first = w0 + BLOCK_N
                 full_end = t_first + tl.maximum(w_end - t_first, 0) // BLOCK_N * BLOCK_N
                 for t0 in range(t_first, full_end, BLOCK_N):
                     acc, m_i, l_i = _attend_tile(
                         q, acc, m_i, l_i, pages, page0, t0, 0, w_end, kc_ptr, vc_ptr, head_off, stride_cb,
-                        stride_ct, scale_log2, n, d, BLOCK_SIZE, WINDOW_PAGES, False, DOT_F32, PRECISION)
+                        stride_ct, qk_scale, n, d, BLOCK_SIZE, WINDOW_PAGES, False, DOT_F32, PRECISION)
                 if full_end < w_end:
                     acc, m_i, l_i = _attend_tile(
                         q, acc, m_i, l_i, pages, page0, full_end, 0, w_end, kc_ptr, vc_ptr, head_off, stride_cb,
-                        stride_ct, scale_log2, n, d, BLOCK_SIZE, WINDOW_PAGES, True, DOT_F32, PRECISION)
+                        stride_ct, qk_scale, n, d, BLOCK_SIZE, WINDOW_PAGES, True, DOT_F32, PRECISION)
             l_safe = tl.where(l_i > 0, l_i, 1.0)
             o = acc / l_safe[:, None]
+            if HAS_SCALES:
+                o = o * tl.load(vs_ptr + kvh)
             gmask = (g < GROUP)[:, None]
             if DIRECT:
                 tl.store(out_ptr + seq * stride_os + heads[:, None] * stride_oh + d[None, :],
@@ -262,7 +273,8 @@ def _decode_reduce_kernel(
 
 
 def decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, *, out=None,
-                     max_programs=None, num_splits=None, config: DecodeConfig | None = None, window: int = 0):
+                     max_programs=None, num_splits=None, config: DecodeConfig | None = None, window: int = 0,
+                     k_scale=None, v_scale=None):
     """Triton paged decode attention; arguments as decode_attention_ref. -> [S, H, D] in q's dtype.
 
     num_splits=None picks splits from the block-table width (a host-side bound on the context, no sync),
@@ -303,13 +315,14 @@ def decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, *, 
     interpreted = is_interpreted(q)
     _decode_kernel[(grid,)](
         q, k_cache, v_cache, block_tables, context_lens, out, mid_o, mid_lse,
+        out if k_scale is None else k_scale, out if v_scale is None else v_scale,  # fp8: fp32 [Hkv] each
         scale * 1.4426950408889634, num_seqs, num_work, split_len, num_splits,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         NUM_KV_HEADS=num_kv_heads, GROUP=group, G_PAD=max(16, next_pow2(group)), HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=block_n, WINDOW_PAGES=next_pow2(window_pages), DIRECT=direct,
         DOT_F32=interpreted or q.dtype == torch.float32, PRECISION=dot_precision(q.dtype), WINDOW=window,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_SCALES=k_scale is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not direct:
         num_items = num_seqs * num_heads

@@ -27,10 +27,11 @@ from engine.kernels._compat import cdiv, dot_precision, is_interpreted, next_pow
 
 
 def prefill_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, *,
-                          max_seqlen_q=None, out=None, window=0):
+                          max_seqlen_q=None, out=None, window=0, k_scale=None, v_scale=None):
     """Torch reference and CPU path: one SDPA call per sequence (a loop over sequences, not tokens).
 
-    window > 0: sliding window, query position p sees keys p - window < k <= p (HF's rule)."""
+    window > 0: sliding window, query position p sees keys p - window < k <= p (HF's rule).
+    An fp8 cache holds K / k_scale per kv head (k_scale, v_scale fp32 [Hkv]; None = 1)."""
     num_heads, head_dim = q.shape[1], q.shape[2]
     _, num_kv_heads, block_size, _ = k_cache.shape
     group = num_heads // num_kv_heads
@@ -48,6 +49,8 @@ def prefill_attention_ref(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlen
         # [nb, Hkv, BS, D] -> [Hkv, L, D]
         k = k_cache[ids].permute(1, 0, 2, 3).reshape(num_kv_heads, -1, head_dim)[:, :seq_len].float()
         v = v_cache[ids].permute(1, 0, 2, 3).reshape(num_kv_heads, -1, head_dim)[:, :seq_len].float()
+        if k_scale is not None:
+            k, v = k * k_scale.float().view(-1, 1, 1), v * v_scale.float().view(-1, 1, 1)
         # queries of one kv head stacked as [Hkv, G * q_len, D] (rows ordered g, i) so K/V need no repeat
         qs = q[q_lo:q_hi].float().view(q_len, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)
         qs = qs.reshape(num_kv_heads, group * q_len, head_dim)
@@ -88,6 +91,9 @@ def _attend(q, m_i, l_i, acc, kc_ptr, vc_ptr, bt_row_ptr, head_off, q_pos, lo, h
             if DOT_F32:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
+            else:  # an fp8 cache: dequantize to q's dtype (scales folded into scale_log2 and the output)
+                k = k.to(q.dtype)
+                v = v.to(q.dtype)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # [M, BLOCK_N]
             visible = valid[None, :]
             if CAUSAL:
@@ -107,11 +113,11 @@ def _attend(q, m_i, l_i, acc, kc_ptr, vc_ptr, bt_row_ptr, head_off, q_pos, lo, h
 
 @triton.jit(do_not_specialize=["scale_log2", "stride_bt", "num_seqs"])  # per-batch values: no recompiles mid-run
 def _prefill_kernel(
-    q_ptr, kc_ptr, vc_ptr, bt_ptr, seq_lens_ptr, cu_q_ptr, out_ptr, scale_log2, num_seqs,
+    q_ptr, kc_ptr, vc_ptr, bt_ptr, seq_lens_ptr, cu_q_ptr, out_ptr, ks_ptr, vs_ptr, scale_log2, num_seqs,
     stride_qt, stride_qh, stride_cb, stride_ch, stride_ct, stride_bt, stride_ot, stride_oh,
     GROUP: tl.constexpr, G_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW_PAGES: tl.constexpr, DOT_F32: tl.constexpr,
-    PRECISION: tl.constexpr, S_PAD: tl.constexpr, WINDOW: tl.constexpr = 0,
+    PRECISION: tl.constexpr, S_PAD: tl.constexpr, HAS_SCALES: tl.constexpr, WINDOW: tl.constexpr = 0,
 ):
     # program -> (sequence, query tile): tiles are numbered sequence by sequence, so the grid is the total
     # tile count (bounded on the host by cdiv(tokens, BLOCK_Q) + seqs) whatever the lengths; extra programs
@@ -146,6 +152,8 @@ def _prefill_kernel(
         acc = tl.zeros([BLOCK_Q * G_PAD, HEAD_DIM], tl.float32)
         bt_row = bt_ptr + seq * stride_bt
         head_off = kvh * stride_ch
+        if HAS_SCALES:  # fp8 cache: K = K8 * k_scale[kvh], folded into the score scale
+            scale_log2 = scale_log2 * tl.load(ks_ptr + kvh)
         # keys below the tile's first query position are visible to every row: no causal mask there
         first_pos = ctx_start + tile * BLOCK_Q
         full_hi = (first_pos // BLOCK_N) * BLOCK_N
@@ -165,6 +173,8 @@ def _prefill_kernel(
                                 scale_log2, stride_cb, stride_ct, BLOCK_SIZE, BLOCK_N, HEAD_DIM,
                                 WINDOW_PAGES, True, DOT_F32, PRECISION, WINDOW)
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        if HAS_SCALES:
+            o = o * tl.load(vs_ptr + kvh)
         o_off = (q_lo + tok_i) * stride_ot + head * stride_oh
         tl.store(out_ptr + o_off[:, None] + d[None, :], o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
@@ -190,7 +200,8 @@ def default_config(head_dim: int, dtype: torch.dtype, interpreted: bool) -> Pref
 
 
 def prefill_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, scale, *,
-                      max_seqlen_q=None, out=None, config: PrefillConfig | None = None, window: int = 0):
+                      max_seqlen_q=None, out=None, config: PrefillConfig | None = None, window: int = 0,
+                      k_scale=None, v_scale=None):
     """Triton chunked-prefill attention; arguments as prefill_attention_ref. -> [T, H, D] in q's dtype.
 
     q may hold rows past cu_seqlens_q[-1] (padding of a CUDA-graph bucket): they are not written.
@@ -215,14 +226,16 @@ def prefill_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
     block_n = max(cfg.block_n, block_size)  # whole pages per iteration keeps tok // BLOCK_SIZE cheap
     grid = (cdiv(num_tokens, block_q) + num_seqs, num_kv_heads)  # >= the tiles of any split of the tokens
     _prefill_kernel[grid](
-        q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, out, scale * 1.4426950408889634, num_seqs,
+        q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, out,
+        out if k_scale is None else k_scale, out if v_scale is None else v_scale,  # fp8: fp32 [Hkv] each
+        scale * 1.4426950408889634, num_seqs,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, G_PAD=g_pad, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_N=block_n,
         WINDOW_PAGES=next_pow2(max(cfg.window_pages, block_n // block_size)),
         DOT_F32=interpreted or q.dtype == torch.float32, PRECISION=dot_precision(q.dtype),
         S_PAD=max(16, next_pow2(num_seqs)),  # one compiled variant up to 16 sequences (graphs pad to 16)
-        WINDOW=window,
+        WINDOW=window, HAS_SCALES=k_scale is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -39,7 +39,8 @@ def triton_test_device() -> str | None:
     if not _compat.HAS_TRITON:  # engine.kernels imported before triton could be (cannot happen on Linux)
         return None
     if type(decode_attention._decode_kernel).__name__ != "InterpretedFunction":
-        names = ["_compat", "store_kv", "norm", "activation", "rope", "decode_attention", "prefill_attention"]
+        names = ["_compat", "store_kv", "norm", "activation", "rope", "decode_attention", "decode_attention_tma",
+                 "prefill_attention"]
         for name in names:
             importlib.reload(importlib.import_module(f"engine.kernels.{name}"))
         importlib.reload(importlib.import_module("engine.kernels"))

@@ -51,6 +51,7 @@ class LlamaModel:
         self.cfg = cfg
         self.w = weights
         self.kv = kv_caches  # per layer (k_cache, v_cache), each [num_blocks, Hkv, block_size, D]
+        self.kv_scales = None  # fp8 cache: per layer {"k_scale", "v_scale"} fp32 [Hkv] (set by the runner)
         self.k = kernels
         self.cos_sin = cos_sin  # [max_position, D] fp32: cos | sin
         self.scale = cfg.head_dim ** -0.5
@@ -90,11 +91,14 @@ class LlamaModel:
         v = qkv[:, c.q_size + c.kv_size :].view(b - a, c.num_kv_heads, c.head_dim)
         return q, k, v
 
+    def _scales(self, layer) -> dict:
+        return self.kv_scales[layer] if self.kv_scales is not None else {}
+
     def rope_kv(self, layer, a, b, fb, budget=None):
         q, k, v = self._split_qkv(a, b)
         self.k.apply_rope(q, k, fb.positions[a:b], self.cos_sin)
         k_cache, v_cache = self.kv[layer]
-        self.k.store_kv(k, v, k_cache, v_cache, fb.slot_mapping[a:b])
+        self.k.store_kv(k, v, k_cache, v_cache, fb.slot_mapping[a:b], **self._scales(layer))
 
     def decode_attn(self, layer, a, b, fb, budget=None):
         a, b = a, min(b, fb.num_decode)
@@ -106,7 +110,7 @@ class LlamaModel:
         k_cache, v_cache = self.kv[layer]
         self.k.decode_attention(q, k_cache, v_cache, fb.decode_block_tables[a:b], fb.decode_context_lens[a:b],
                                 self.scale, out=out, max_programs=budget, num_splits=fb.decode_num_splits,
-                                window=c.layer_window(layer))
+                                window=c.layer_window(layer), **self._scales(layer))
 
     def prefill_attn(self, layer, a, b, fb, budget=None):
         meta = fb.prefill.get((a, b))
@@ -117,7 +121,8 @@ class LlamaModel:
         out = self.ws.attn[lo:hi].view(hi - lo, c.num_heads, c.head_dim)
         k_cache, v_cache = self.kv[layer]
         self.k.prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q,
-                                 self.scale, max_seqlen_q=meta.max_seqlen_q, out=out, window=c.layer_window(layer))
+                                 self.scale, max_seqlen_q=meta.max_seqlen_q, out=out, window=c.layer_window(layer),
+                                 **self._scales(layer))
 
     def o_proj(self, layer, a, b, fb, budget=None):
         w = self.w.layers[layer]

@@ -29,6 +29,8 @@ class BenchConfig:
     model: str | None = None
     device: str = "cpu"
     dtype: str | None = None
+    kv_cache_dtype: str = "auto"  # in-process engine: "auto" | "fp8"
+    decode_kernel: str = "auto"  # in-process engine: "auto" | "split" | "tma"
     plan: str | None = None
     max_num_batched_tokens: int | None = None  # None: the plan's tuned value (meta.engine), else the engine's
     max_num_seqs: int | None = None
@@ -48,6 +50,10 @@ class BenchConfig:
     def __post_init__(self):
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine '{self.engine}' (one of {', '.join(ENGINES)})")
+        for flag, value in (("--kv-cache-dtype", self.kv_cache_dtype), ("--decode-kernel", self.decode_kernel)):
+            if value != "auto" and self.engine in ("hf", "endpoint"):
+                raise ValueError(f"{flag} {value}: only for the in-process engine (nanoflow, sequential), "
+                                 f"not {self.engine}")
         if self.mode not in ("offline", "online"):
             raise ValueError(f"unknown mode '{self.mode}' (offline or online)")
         if self.engine == "sequential" and self.plan:

@@ -119,6 +119,7 @@ def make_backend(cfg: BenchConfig, lengths: list[tuple[int, int]]) -> Backend:
     from nanotune.bench.backends.inprocess import load_engine_backend
 
     return load_engine_backend(cfg.engine, cfg.model, cfg.device, cfg.dtype, cfg.plan, cfg.seed,
+                               kv_cache_dtype=cfg.kv_cache_dtype, decode_kernel=cfg.decode_kernel,
                                **engine_limits(cfg))
 
 

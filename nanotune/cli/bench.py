@@ -61,6 +61,10 @@ def _has_gpu() -> bool:
                               "with --endpoint: the served model's name.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--dtype", help="auto | bfloat16 | float16 | float32")
+@click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True,
+              help="In-process engine: KV cache dtype; fp8 = e4m3 with per-(layer, kv head) scales.")
+@click.option("--decode-kernel", type=click.Choice(["auto", "split", "tma"]), default="auto", show_default=True,
+              help="In-process engine: Triton decode attention (tma: tensor-descriptor loads, sm >= 90).")
 @click.option("--engine", type=click.Choice(["nanoflow", "sequential", "hf"]), default="nanoflow",
               show_default=True, help="In-process engine; hf = transformers continuous batching.")
 @click.option("--plan", metavar="FILE|NAME",
@@ -145,6 +149,7 @@ def command(**o):
             repeat=o["repeat"], sweep_rates=_rates(o["sweep_rate"]), slos=parse_goodput(o["goodput"]),
             slo_attainment=o["slo_attainment"], caps=LengthCaps(caps[0] or None, caps[1] or None),
             engine=engine, model=model, device=device, dtype=o["dtype"], plan=o["plan"],
+            kv_cache_dtype=o["kv_cache_dtype"], decode_kernel=o["decode_kernel"],
             max_num_batched_tokens=o["max_num_batched_tokens"], max_num_seqs=o["max_num_seqs"],
             endpoint=o["endpoint"], hf_attn=o["hf_attn"], peak_tflops=o["peak_tflops"],
             vocab_size=o["vocab_size"], num_params=o["num_params"], profile=o["bound_profile"],

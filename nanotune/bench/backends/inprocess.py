@@ -129,7 +129,8 @@ def load_engine_backend(kind: str, model: str, device: str, dtype: str | None, p
 
     cfg = EngineConfig(model=model, device=device, dtype=dtype or "auto", plan=plan, seed=seed, **engine_kw)
     eng = LLMEngine(cfg)
-    info = {"device": device, "dtype": cfg.dtype, **plan_info(plan)}
+    info = {"device": device, "dtype": cfg.dtype, "kv_cache_dtype": cfg.kv_cache_dtype,
+            "decode_kernel": cfg.decode_kernel, **plan_info(plan)}
     if kind == "nanoflow" and not plan:
         info["plan_note"] = "no --plan given: the engine's default plan"
     return EngineBackend(eng, name=kind, info=info)
