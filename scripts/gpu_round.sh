@@ -2,7 +2,7 @@
 # The GPU measurements of the 2026-12-01 issues (13, 14, 15, 16, 17) on one GPU, step by step; each step's
 # log and files are archived into $OUT as soon as it ends, so a step that runs out of time loses only itself.
 #   GPU=h200 OUT=/tmp/out bash scripts/gpu_round.sh STEP...
-# Steps: gputests (pytest -m gpu over the kernels and engine), power (profile --quick --power-only),
+# Steps: kerneltests, enginetests (pytest on the GPU), power (profile --quick --power-only),
 # readme (README's run command, 1,000 ShareGPT requests, with the power-aware bound), bound (power_bound.py),
 # tma (decode_tma_check.py), tp1 (tp_bench.py at --tp 1), serve (serve_vs_inprocess.py).
 set -u
@@ -18,10 +18,13 @@ for step in "$@"; do
   start=$(date +%s)
   log="$OUT/$step.log"
   case $step in
-    gputests)
+    kerneltests)  # kernels against their torch references, compiled for this GPU (marked and unmarked tests)
       python -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/test_kernels_window.py \
-        tests/test_kernels_activations.py tests/test_kernels_attention.py > "$log" 2>&1
-      python -m pytest -q -p no:cacheprovider -m gpu tests/ >> "$log" 2>&1; rc=$? ;;
+        tests/test_kernels_activations.py tests/test_kernels_attention.py tests/test_kernels_fp8_tma.py \
+        tests/test_kernels_ops.py > "$log" 2>&1; rc=$? ;;
+    enginetests)  # every gpu-marked engine and profile test
+      python -m pytest -q -p no:cacheprovider -m gpu tests/test_engine_gpu.py tests/test_engine_window_gpu.py \
+        tests/test_engine_fp8_kv.py tests/test_profile_gpu.py tests/test_profile_power.py > "$log" 2>&1; rc=$? ;;
     power)
       python -m nanotune profile --model llama-3-8b --quick --power-only --out "$POWER" --no-progress \
         > "$log" 2>&1; rc=$?
@@ -34,8 +37,7 @@ for step in "$@"; do
         --out "$OUT/power-bound" > "$log" 2>&1; rc=$?
       tar czf "$OUT/bound.tgz" -C "$OUT" power-bound && rm -rf "$OUT/power-bound" ;;
     tma)
-      python scripts/decode_tma_check.py --out "$OUT/tma" > "$log" 2>&1; rc=$?
-      tar czf "$OUT/tma.tgz" -C "$OUT" tma && rm -rf "$OUT/tma" ;;
+      python scripts/decode_tma_check.py --out "$OUT/decode_tma_check.json" > "$log" 2>&1; rc=$? ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
   echo "$step: exit $rc after $(( $(date +%s) - start )) s"
