@@ -209,6 +209,8 @@ def test_tma_and_fp8_decode_llama3_8b_shapes(fp8, max_programs):
             assert_close(out, ref, torch.bfloat16)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpreter check (a GPU machine runs the script itself; "
+                                                      "triton 3.6's interpreter there lacks what the kernels use)")
 def test_decode_tma_check_smoke(tmp_path):
     """The lead's one GPU call, run here on tiny shapes under the interpreter: every variant checks out."""
     import json
