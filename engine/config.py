@@ -97,6 +97,9 @@ class EngineConfig:
     time_ops_every: int = 0  # every Nth iteration runs eagerly with per-op CUDA-event timings (0 = never)
     poison_kv_cache: bool = False  # fill the cache with NaN first (tests catch reads of unwritten slots)
     keep_logits: bool = False  # return each sampled token's logits (tests compare them with HF)
+    # Tensor parallelism (engine/parallel): ranks, one process each; the all-reduce implementation
+    tp: int = 1
+    allreduce: str = "nccl"  # engine/parallel/comm.py: "nccl" | "nccl-channels:N" (others named, refused)
 
     def replace(self, **kw) -> EngineConfig:
         return replace(self, **kw)

@@ -39,6 +39,7 @@ def main() -> None:
 
     from engine.plan import PipelinePlan
     from engine.presets import get_preset
+    from engine.sizing import default_max_model_len
     from nanotune.profile.ops import Shard
     from nanotune.results import write_json_atomic
     from nanotune.search.capacity import WorkloadStats, gpu_memory_gib
@@ -54,7 +55,7 @@ def main() -> None:
         labels = args.plans.split(",") if args.plans else list(run["plans"])
         plans = {lb: PipelinePlan.from_dict(run["plans"][lb], where=f"{path}: plans.{lb}") for lb in labels}
         limits = run["engine_config"]
-        max_model_len = min(get_preset(run["model"]).max_position, 8192)
+        max_model_len = default_max_model_len(get_preset(run["model"]))
         for name, w in run["workloads"].items():
             if only and name not in only.split("+"):
                 continue

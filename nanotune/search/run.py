@@ -62,6 +62,7 @@ def _has_gpu() -> bool:
 def prepare(cfg: SearchConfig, log) -> tuple[SearchContext, dict]:
     """Model, profile, workload -> the model context and the identity of the study."""
     from engine.presets import get_preset
+    from engine.sizing import default_max_model_len
 
     has_gpu = _has_gpu()
     model_arg = cfg.model
@@ -75,7 +76,7 @@ def prepare(cfg: SearchConfig, log) -> tuple[SearchContext, dict]:
     profile, source = resolve.find_profile(model, cfg.tp, cfg.gpu, cfg.profile, cfg.results_dir, has_gpu)
     resolve.check_profile_matches(profile, model, cfg.tp)
     log(f"profile: {source} ({profile.gpu_name}, {profile.num_sms} SMs)")
-    max_model_len = min(get_preset(model).max_position, 8192)  # the engine's default
+    max_model_len = default_max_model_len(get_preset(model))
     wl = resolve.load_workload(cfg.workload, cfg.num_requests, cfg.seed, max_model_len)
     stats = WorkloadStats.of(*zip(*wl.lengths, strict=True))
     memory = cfg.gpu_memory_gib or gpu_memory_gib(profile.gpu_name, profile.data.get("gpu"))
