@@ -21,6 +21,7 @@ DEFAULT_MAX_NUM_SEQS = 512  # EngineConfig.max_num_seqs
 MAX_MODEL_LEN_CAP = 8192  # the default max_model_len: the model's max_position, capped here
 SAMPLING_RESERVE_BYTES = GIB  # beside 3 x max_num_seqs x vocab fp32 sampling temporaries: cuBLAS/graph pools
 SAMPLING_COPIES = 3  # [seqs, vocab] fp32 copies the sampler may hold at once
+USEFUL_KV_SEQS = 16  # a "useful" KV cache holds this many sequences of the default max_model_len
 
 
 def default_max_model_len(cfg: ModelConfig) -> int:

@@ -37,6 +37,7 @@ class BenchConfig:
     peak_tflops: float | None = None  # given instead of measured
     vocab_size: int | None = None  # endpoint: range of the random prompt ids (default: the preset's)
     num_params: float | None = None  # endpoint: parameters per GPU, for the optimum (default: the preset's)
+    tp: int = 1  # in-process engine: tensor-parallel ranks (one process each)
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -51,6 +52,11 @@ class BenchConfig:
             if not self.endpoint:
                 raise ValueError("engine 'endpoint' needs --endpoint URL")
             completions_url(self.endpoint)  # raises ValueError naming a malformed URL
+        if self.tp < 1:
+            raise ValueError(f"--tp must be >= 1, got {self.tp}")
+        if self.tp > 1 and self.engine not in ("nanoflow", "sequential"):
+            raise ValueError(f"--tp {self.tp}: only the in-process engine (nanoflow, sequential) runs "
+                             "tensor-parallel")
         if self.repeat < 1:
             raise ValueError(f"--repeat must be >= 1, got {self.repeat}")
         if self.max_concurrency is not None and self.max_concurrency < 1:

@@ -82,8 +82,9 @@ def make_backend(cfg: BenchConfig, lengths: list[tuple[int, int]]) -> Backend:
         return load_hf_backend(cfg.model, cfg.device, cfg.dtype, cfg.hf_attn, cfg.seed, lengths)
     from nanotune.bench.backends.inprocess import load_engine_backend
 
+    tp = {"tp": cfg.tp} if cfg.tp > 1 else {}
     return load_engine_backend(cfg.engine, cfg.model, cfg.device, cfg.dtype, cfg.plan, cfg.seed,
-                               **engine_limits(cfg))
+                               **engine_limits(cfg), **tp)
 
 
 def engine_limits(cfg: BenchConfig) -> dict:

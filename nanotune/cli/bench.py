@@ -54,6 +54,8 @@ def _has_gpu() -> bool:
                    "nb2-sm66, nb2-cublas-sm44, nb2-green-sm44 (nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio]).")
 @click.option("--max-num-batched-tokens", type=click.IntRange(min=1), help="Dense-batch token budget [2048].")
 @click.option("--max-num-seqs", type=click.IntRange(min=1), help="Most requests running at once [512].")
+@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tensor-parallel ranks of the in-process engine (one process per GPU; gloo on CPU).")
 @click.option("--endpoint", metavar="URL", help="OpenAI-compatible server instead of an in-process engine.")
 @click.option("--mode", type=click.Choice(["offline", "online"]), default="offline", show_default=True,
               help="offline: all at t=0; online: the trace's timestamps or --request-rate.")
@@ -113,7 +115,7 @@ def command(**o):
             engine=engine, model=model, device=device, dtype=o["dtype"], plan=o["plan"],
             max_num_batched_tokens=o["max_num_batched_tokens"], max_num_seqs=o["max_num_seqs"],
             endpoint=o["endpoint"], hf_attn=o["hf_attn"], peak_tflops=o["peak_tflops"],
-            vocab_size=o["vocab_size"], num_params=o["num_params"])
+            vocab_size=o["vocab_size"], num_params=o["num_params"], tp=o["tp"])
     except ValueError as e:
         raise UserError(str(e)) from None
     if cfg.sweep_rates and cfg.request_rate is not None:
