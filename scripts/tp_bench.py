@@ -149,7 +149,9 @@ def main() -> None:
     ap.add_argument("--op-requests", type=int, default=64, help="requests of the op-timed pass (0: skip)")
     ap.add_argument("--warmups", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--allreduce", default="nccl")
+    ap.add_argument("--allreduce", default="nccl", help="the engine's all-reduce implementation")
+    ap.add_argument("--collectives", default="nccl,nccl-channels:8",
+                    help="all-reduce implementations to time alone and beside a GEMM at the largest TP ('' skips)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-len", type=int, default=None, help="cap prompt and output lengths")
     ap.add_argument("--smoke", action="store_true", help="CPU, gloo, tiny-llama, TP 1 and 2, a few requests")
@@ -161,6 +163,7 @@ def main() -> None:
     if args.smoke:
         args.model, args.device, args.tp, args.n, args.warmups = "tiny-llama", "cpu", "1,2", 6, 1
         args.max_len, args.op_requests = args.max_len or 48, min(args.op_requests, 3)
+        args.collectives = "nccl"  # gloo on CPU
         extra = {"dtype": "float32", "max_num_batched_tokens": 128, "max_num_seqs": 8}
 
     from engine import EngineConfig, LLMEngine
@@ -177,6 +180,19 @@ def main() -> None:
            "peak": peak.to_dict(), "allreduce": args.allreduce, "num_requests": args.n, "runs": [],
            "per_tp": {}, "environment": environment()}
     save = lambda: write_json_atomic(out_dir / "tp-bench.json", {**out, "wall_s": time.time() - t_start})
+    top = max(int(t) for t in args.tp.split(","))
+    if args.collectives and top > 1:  # before the engines: the GPUs are empty
+        from nanotune.profile.collectives import measure_allreduce
+
+        sizes = (1,) if args.smoke else (1, 8, 32, 128)
+        out["collectives"] = [measure_allreduce(top, impl, args.device.split(":")[0], sizes)
+                              for impl in args.collectives.split(",")]
+        for c in out["collectives"]:
+            print(f"all-reduce {c['impl']} x{top}: " + ", ".join(
+                f"{r['size_mib']} MiB {r['bus_gb_s']:.1f} GB/s" + (f" (with GEMM {r['overlap_work']:.2f}x)"
+                                                                 if r["overlap_work"] else "")
+                for r in c["sizes"]), flush=True)
+        save()
     for tp in [int(t) for t in args.tp.split(",")]:
         engine = LLMEngine(EngineConfig(model=args.model, device=args.device, seed=args.seed, tp=tp,
                                         allreduce=args.allreduce, **extra))

@@ -29,3 +29,5 @@ def test_tp_bench_smoke_writes_every_figure(tmp_path):
     assert all(0 < v["allreduce_share_of_iteration"] < 1 for v in two["op_shares"].values())
     assert set(d["ratios"]["tp_over_tp1"]) and set(d["ratios"]["plan_over_sequential"])
     assert all(r["result"].get("rank0_send_ms_per_step", 0) > 0 for r in d["runs"] if r["tp"] == 2)
+    (ar,) = d["collectives"]
+    assert ar["ranks"] == 2 and ar["sizes"][0]["allreduce_ms"] > 0 and ar["sizes"][0]["together_ms"] is None

@@ -9,8 +9,9 @@ can be turned into achieved TFLOP/s and GB/s. Bytes are the compulsory traffic: 
 every result written once (what a perfect kernel moves); FLOPs of memory-bound ops are nominal (a few per
 element) and only place them on the roofline.
 
-Collectives: under TP > 1 a layer all-reduces twice (after o_proj and after down). They are listed but NOT
-measured: the engine has no tensor parallelism yet, and a profile runs on one GPU with no peers to reduce with.
+Collectives: under TP > 1 a layer all-reduces twice (after o_proj and after down: the engine's o_allreduce and
+down_allreduce plan ops). A profile of one GPU lists them but does not measure them (no peers to reduce with);
+nanotune.profile.collectives times the all-reduce over real ranks.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ KINDS = {**{op: "gemm" for op in GEMM_OPS}, **{op: "attention" for op in ATTENTI
          **{op: "memory" for op in MEMORY_OPS}}
 assert set(KINDS) == set(LAYER_OPS), "every engine op needs a kind here"
 
-COLLECTIVES_NOT_MEASURED = ("not measured: the engine has no tensor parallelism yet, and this profile ran on one "
-                            "GPU with no peers to reduce with")
+COLLECTIVES_NOT_MEASURED = ("not measured: this profile ran on one GPU with no peers to reduce with "
+                            "(nanotune.profile.collectives times it over real ranks)")
 
 
 @dataclass(frozen=True)
