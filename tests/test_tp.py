@@ -146,3 +146,24 @@ def test_bad_tp_is_refused_before_loading():
         LLMEngine(_cfg("tiny-llama-micro", tp=3))
     with pytest.raises(EngineConfigError, match="not implemented"):
         LLMEngine(_cfg("tiny-llama-micro", tp=2, allreduce="fused-rmsnorm"))
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-micro", "qwen2-7b"])
+def test_shard_loader_at_tp1_is_random_weights(name):
+    """random_shard_weights draws in random_weights's order: at TP 1 it is the same model, tensor for tensor
+    (a change of draw order in either breaks TP1 = TPN for random weights; this catches it)."""
+    import dataclasses
+
+    from engine.models.sharding import random_shard_weights
+    from engine.models.weights import random_weights
+    from engine.presets import get_preset
+    from engine.sizing import shard_shapes
+
+    cfg = get_preset(name)
+    if name == "qwen2-7b":  # qkv bias and Qwen2's vocabulary, at a size a CPU test can hold
+        cfg = dataclasses.replace(cfg, vocab_size=1000, hidden_size=64, intermediate_size=96, num_layers=2,
+                                  num_heads=4, num_kv_heads=2, head_dim=16)
+    full = random_weights(cfg, torch.device("cpu"), torch.float32, 5)
+    shard = random_shard_weights(cfg, shard_shapes(cfg, 1), torch.device("cpu"), torch.float32, 5)
+    for a, b in zip(full._tensors(), shard._tensors(), strict=True):
+        assert torch.equal(a, b)
