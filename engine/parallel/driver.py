@@ -1,6 +1,7 @@
 """Rank 0 sends its engine calls; ranks > 0 replay them (engine/parallel/launch.py says why).
 
-A message is a list of commands, sent at each step (and at a plan switch or the end):
+A message is a header, int64 [2] = (payload bytes, timed step flag), then, when the payload is not empty, the
+pickled commands as uint8 [payload bytes]: a plain step (nothing added) costs one 16-byte broadcast. Commands:
   ("add", prompt_ids, SamplingParams, request_id)   a request rank 0 accepted since the last message
   ("step", timed)                                   one LLMEngine.step (timed: with per-op timings)
   ("plan", PipelinePlan)                            LLMEngine.set_plan
@@ -9,8 +10,10 @@ A message is a list of commands, sent at each step (and at a plan switch or the 
 
 from __future__ import annotations
 
+import pickle
 import time
 
+import torch
 import torch.distributed as dist
 
 from engine.parallel.comm import TPGroup
@@ -34,7 +37,7 @@ class Driver:
         msg, self.pending = [*self.pending, cmd], []
         t = time.perf_counter()
         try:
-            dist.broadcast_object_list([msg], src=0, group=self.tp.cpu_group)
+            _broadcast(msg, self.tp.cpu_group)
         except Exception as e:
             raise self.failure(e) from None
         self.send_s += time.perf_counter() - t
@@ -60,9 +63,7 @@ class Driver:
 def follow(engine, tp: TPGroup) -> None:
     """Ranks > 0: replay rank 0's calls until "stop"."""
     while True:
-        box = [None]
-        dist.broadcast_object_list(box, src=0, group=tp.cpu_group)
-        for cmd in box[0]:
+        for cmd in _receive(tp.cpu_group):
             if cmd[0] == "add":
                 engine.add_request(cmd[1], cmd[2], request_id=cmd[3])
             elif cmd[0] == "step":
@@ -71,3 +72,23 @@ def follow(engine, tp: TPGroup) -> None:
                 engine.set_plan(cmd[1])
             elif cmd[0] == "stop":
                 return
+
+
+def _broadcast(msg: list[tuple], group) -> None:
+    if len(msg) == 1 and msg[0][0] == "step":  # the common case: no payload
+        dist.broadcast(torch.tensor([0, int(msg[0][1])], dtype=torch.int64), src=0, group=group)
+        return
+    data = pickle.dumps(msg)
+    dist.broadcast(torch.tensor([len(data), 0], dtype=torch.int64), src=0, group=group)
+    dist.broadcast(torch.frombuffer(bytearray(data), dtype=torch.uint8), src=0, group=group)
+
+
+def _receive(group) -> list[tuple]:
+    head = torch.empty(2, dtype=torch.int64)
+    dist.broadcast(head, src=0, group=group)
+    size, timed = int(head[0]), bool(head[1])
+    if size == 0:
+        return [("step", timed)]
+    buf = torch.empty(size, dtype=torch.uint8)
+    dist.broadcast(buf, src=0, group=group)
+    return pickle.loads(buf.numpy().tobytes())
