@@ -84,10 +84,18 @@ class LLMEngine:
             rank, workers = start(config, mc)  # refuses a TP that cannot run, before anything loads
         try:
             self.runner = ModelRunner(config, mc, self.max_model_len)
-        except BaseException:
-            if workers is not None:
-                workers.close(timeout_s=0)
-            raise
+        except Exception as e:
+            if workers is None:
+                raise
+            # rank 0's own bad configuration speaks for itself; else a rank that failed to build names itself
+            line = None if isinstance(e, EngineConfigError) else workers.failure(wait_s=2.0)
+            workers.close(timeout_s=0 if line or isinstance(e, EngineConfigError) else 5)
+            from engine.parallel.launch import TPWorkerError, end_of_spawn_env
+
+            end_of_spawn_env()
+            if line is None:
+                raise
+            raise TPWorkerError(line) from e
         info = self.runner.cache_info
         self.block_manager = BlockManager(info.num_blocks, info.block_size)
         self.scheduler = Scheduler(SchedulerConfig(

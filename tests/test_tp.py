@@ -167,3 +167,15 @@ def test_shard_loader_at_tp1_is_random_weights(name):
     shard = random_shard_weights(cfg, shard_shapes(cfg, 1), torch.device("cpu"), torch.float32, 5)
     for a, b in zip(full._tensors(), shard._tensors(), strict=True):
         assert torch.equal(a, b)
+
+
+
+def test_a_failed_build_leaves_no_process_behind():
+    import multiprocessing
+
+    with pytest.raises(EngineConfigError, match="no memory left for the KV cache"):
+        LLMEngine(_cfg("tiny-llama-micro", tp=2, num_kv_blocks=0))
+    assert not multiprocessing.active_children()
+    import os
+
+    assert "RANK" not in os.environ  # a later engine in this process starts afresh
