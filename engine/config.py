@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from engine.errors import EngineConfigError, read_json
+from engine.sizing import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,8 @@ class EngineConfig:
     num_kv_blocks: int | None = None  # override the computed cache size (tests force preemption with this)
     cpu_kv_cache_gb: float = 1.0  # cache size on CPU, where free memory is not a meaningful measure
     # Scheduler: the global dense batch
-    max_num_batched_tokens: int = 2048  # dense-batch token budget per iteration
-    max_num_seqs: int = 512
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS  # dense-batch token budget per iteration
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     max_model_len: int | None = None  # default: model's max_position, capped at 8192
     enable_chunked_prefill: bool = True
     kv_overcommit: float = 1.0  # admit while predicted peak KV <= this x cache (> 1: more load, may preempt)

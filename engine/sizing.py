@@ -11,12 +11,15 @@ hidden size stay whole.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from engine.config import ModelConfig
 from engine.errors import EngineConfigError
 
+if TYPE_CHECKING:  # engine.config imports this module's defaults
+    from engine.config import ModelConfig
+
 GIB = 1 << 30
-DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048  # EngineConfig.max_num_batched_tokens
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048  # EngineConfig.max_num_batched_tokens: the dense-batch token budget
 DEFAULT_MAX_NUM_SEQS = 512  # EngineConfig.max_num_seqs
 MAX_MODEL_LEN_CAP = 8192  # the default max_model_len: the model's max_position, capped here
 SAMPLING_RESERVE_BYTES = GIB  # beside 3 x max_num_seqs x vocab fp32 sampling temporaries: cuBLAS/graph pools
