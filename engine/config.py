@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from engine.errors import EngineConfigError, read_json
+from engine.sizing import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS
 
 # MLP activations the engine implements (Hugging Face's names; "swish" is HF's alias of silu). One owner:
 # the checkpoint guard refuses others, the activation kernels branch on these.
@@ -87,7 +88,9 @@ class ModelConfig:
         return embed + head + self.num_layers * per_layer + h
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        return 2 * self.num_layers * self.kv_size * dtype_bytes
+        from engine.sizing import kv_bytes_per_token  # the formula's owner
+
+        return kv_bytes_per_token(self.num_layers, self.kv_size, dtype_bytes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,8 +126,8 @@ class EngineConfig:
     num_kv_blocks: int | None = None  # override the computed cache size (tests force preemption with this)
     cpu_kv_cache_gb: float = 1.0  # cache size on CPU, where free memory is not a meaningful measure
     # Scheduler: the global dense batch
-    max_num_batched_tokens: int = 2048  # dense-batch token budget per iteration
-    max_num_seqs: int = 512
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS  # dense-batch token budget per iteration
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     max_model_len: int | None = None  # default: model's max_position, capped at 8192
     enable_chunked_prefill: bool = True
     kv_overcommit: float = 1.0  # admit while predicted peak KV <= this x cache (> 1: more load, may preempt)
@@ -138,24 +141,12 @@ class EngineConfig:
     time_ops_every: int = 0  # every Nth iteration runs eagerly with per-op CUDA-event timings (0 = never)
     poison_kv_cache: bool = False  # fill the cache with NaN first (tests catch reads of unwritten slots)
     keep_logits: bool = False  # return each sampled token's logits (tests compare them with HF)
+    # Tensor parallelism (engine/parallel): ranks, one process each; the all-reduce implementation
+    tp: int = 1
+    allreduce: str = "nccl"  # engine/parallel/comm.py: "nccl" | "nccl-channels:N" (others named, refused)
 
     def replace(self, **kw) -> EngineConfig:
         return replace(self, **kw)
-
-
-MAX_MODEL_LEN_CAP = 8192
-"""Default context cap: the KV block table and the rope cache are sized by max_model_len, so a model trained
-to 128k positions would otherwise reserve per-sequence tables for contexts no benchmark uses."""
-
-
-def resolve_max_model_len(model: ModelConfig, requested: int | None = None) -> int:
-    """The context the engine serves: `requested`, else the model's max_position capped at MAX_MODEL_LEN_CAP.
-    Torch-free, so the tools that drop over-long requests before a run read the figure the engine uses."""
-    if requested is None:
-        return min(model.max_position, MAX_MODEL_LEN_CAP)
-    if requested > model.max_position:
-        raise EngineConfigError(f"max_model_len {requested} exceeds the model's max_position {model.max_position}")
-    return requested
 
 
 @dataclass

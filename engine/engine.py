@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from engine.block_manager import BlockManager
-from engine.config import EngineConfig, ModelConfig, model_config_from_hf, resolve_max_model_len
+from engine.config import EngineConfig, ModelConfig, model_config_from_hf
+from engine.errors import EngineConfigError
 from engine.presets import get_preset
 from engine.request import Request, RequestOutput, SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from engine.sizing import resolve_max_model_len
 
 
 @dataclass
@@ -73,7 +75,26 @@ class LLMEngine:
         # A sliding window needs no rule here: windowed layers read only their last W keys, and the cache
         # keeps every block of a sequence (as for full attention), so any length up to max_position is exact.
         self.max_model_len = resolve_max_model_len(mc, config.max_model_len)
-        self.runner = ModelRunner(config, mc, self.max_model_len)
+        self._driver = None  # tensor parallelism, rank 0: sends its engine calls to the other ranks
+        rank, workers = 0, None
+        if config.tp > 1:
+            from engine.parallel.launch import start
+
+            rank, workers = start(config, mc)  # refuses a TP that cannot run, before anything loads
+        try:
+            self.runner = ModelRunner(config, mc, self.max_model_len)
+        except Exception as e:
+            if workers is None:
+                raise
+            # rank 0's own bad configuration speaks for itself; else a rank that failed to build names itself
+            line = None if isinstance(e, EngineConfigError) else workers.failure(wait_s=2.0)
+            workers.close(timeout_s=0 if line or isinstance(e, EngineConfigError) else 5)
+            from engine.parallel.launch import TPWorkerError, end_of_spawn_env
+
+            end_of_spawn_env()
+            if line is None:
+                raise
+            raise TPWorkerError(line) from e
         info = self.runner.cache_info
         self.block_manager = BlockManager(info.num_blocks, info.block_size)
         self.scheduler = Scheduler(SchedulerConfig(
@@ -87,12 +108,48 @@ class LLMEngine:
         self.num_steps = 0
         self.op_profile = OpProfile()
         self._pending = None  # the launched iteration whose tokens are not yet on the host
+        if config.tp > 1:
+            self._join_tp(rank, workers)
+
+    def _join_tp(self, rank, workers) -> None:
+        """Rank 0 drives (and returns); ranks > 0 replay rank 0's calls, then leave (SystemExit(0))."""
+        import atexit
+
+        from engine.parallel.driver import Driver, follow
+
+        if rank == 0:
+            self._driver = Driver(self.runner.tp, workers)
+            atexit.register(self.close)
+            return
+        try:
+            follow(self, self.runner.tp)
+        finally:
+            self.close()
+        raise SystemExit(0)
+
+    def close(self) -> None:
+        """End the tensor-parallel ranks this engine started and leave the process group (no-op at TP 1)."""
+        if self.config.tp <= 1 or getattr(self, "_closed", False):
+            return
+        self._closed = True
+        import torch.distributed as dist
+
+        from engine.parallel.launch import end_of_spawn_env
+
+        if self._driver is not None:
+            self._driver.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        end_of_spawn_env()
 
     def set_plan(self, plan) -> None:
         """Run later iterations with another PipelinePlan (or a plan JSON path)."""
         from engine.plan import PipelinePlan
 
-        self.runner.set_plan(plan if isinstance(plan, PipelinePlan) else PipelinePlan.load(plan))
+        plan = plan if isinstance(plan, PipelinePlan) else PipelinePlan.load(plan)
+        if self._driver is not None:
+            self._driver.send("plan", plan)
+        self.runner.set_plan(plan)
 
     @property
     def vocab_size(self) -> int:
@@ -113,6 +170,8 @@ class LLMEngine:
             req.request_id = request_id
         self.scheduler.add(req)
         self.requests[req.request_id] = req
+        if self._driver is not None:
+            self._driver.add(req.prompt_ids, params, req.request_id)
         return req.request_id
 
     def abort(self, request_id: str) -> bool:
@@ -128,6 +187,15 @@ class LLMEngine:
         return self.scheduler.has_unfinished() or self._pending is not None
 
     def step(self, timings: list | None = None) -> list[RequestOutput]:
+        if self._driver is None:
+            return self._step(timings)
+        self._driver.send("step", timings is not None)  # the other ranks run the same step
+        try:
+            return self._step(timings)
+        except Exception as e:  # a collective failed: name the rank that died, if one did
+            raise self._driver.failure(e) from None
+
+    def _step(self, timings: list | None = None) -> list[RequestOutput]:
         """Run one iteration of the dense batch; returns the tokens that reached the host.
 
         With async scheduling (the default) the next iteration is scheduled and launched before this

@@ -15,7 +15,7 @@ import torch
 from engine.models.forward import ForwardBatch
 from engine.models.llama import LlamaModel
 from engine.partition import cublas_sm_budget, green_context
-from engine.plan import GEMM_OPS, PipelinePlan
+from engine.plan import COLLECTIVE_OPS, GEMM_OPS, PipelinePlan
 
 
 @dataclass
@@ -57,7 +57,9 @@ class PlanExecutor:
             self.events = {j: torch.cuda.Event() for j in needed}
 
     def _call(self, inst, device):
-        fn, budget = self.model.ops[inst.op], inst.sm_budget
+        fn, budget = self.model.ops.get(inst.op), inst.sm_budget
+        if fn is None and inst.op in COLLECTIVE_OPS:  # a single-GPU model: there is nothing to reduce
+            return lambda layer, a, b, fb: None
         if self.plan.partition == "cublas" and self.is_cuda and inst.op in GEMM_OPS and budget is not None:
             num_sms = torch.cuda.get_device_properties(device).multi_processor_count
 

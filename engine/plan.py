@@ -11,7 +11,7 @@ all on stream 0.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from engine.errors import EngineConfigError, read_json
@@ -33,6 +33,14 @@ LAYER_OPS: dict[str, tuple[str, ...]] = {
     "silu_mul": ("gate_up",),
     "down": ("silu_mul",),
 }
+# Tensor-parallel collectives, each after the row-parallel GEMM whose partial sums it adds over the ranks
+# (in place, in the same rows). A plan may place them (own stream, own row ranges); a plan that omits them
+# gets each one right after its producer's instances, on the producer's stream (with_collectives). At TP 1
+# they are no-ops.
+COLLECTIVE_OPS: dict[str, str] = {"o_allreduce": "o_proj", "down_allreduce": "down"}
+# The dataflow with the collectives: their consumers read the reduced rows (and the GEMM's, the same rows).
+DATAFLOW: dict[str, tuple[str, ...]] = {**LAYER_OPS, "mlp_norm": ("o_proj", "o_allreduce"),
+                                        **{op: (src,) for op, src in COLLECTIVE_OPS.items()}}
 # Ops whose dependency on their producer covers every row before theirs, not just the overlapping ones.
 PREFIX_DEPS = {"prefill_attn"}
 
@@ -84,16 +92,35 @@ class PipelinePlan:
         me = self.ops[index]
         out = []
         for j, other in enumerate(self.ops):
-            if other.op in LAYER_OPS[me.op]:
+            if other.op in DATAFLOW[me.op]:
                 lo = 0.0 if me.op in PREFIX_DEPS else me.lo
                 if other.lo < me.hi and lo < other.hi:
                     out.append(j)
         return out
 
     def first_layer_deps(self, index: int) -> list[int]:
-        """For attn_norm instances: the previous layer's `down` instances overlapping its rows."""
+        """For attn_norm instances: the previous layer's `down` (and `down_allreduce`) instances overlapping
+        its rows."""
         me = self.ops[index]
-        return [j for j, o in enumerate(self.ops) if o.op == "down" and o.lo < me.hi and me.lo < o.hi]
+        return [j for j, o in enumerate(self.ops)
+                if o.op in ("down", "down_allreduce") and o.lo < me.hi and me.lo < o.hi]
+
+    def with_collectives(self) -> PipelinePlan:
+        """This plan with every collective it omits placed right after each instance of its producer, on the
+        producer's stream and rows (what a plan without collective ops means under tensor parallelism)."""
+        present = {i.op for i in self.ops}
+        missing = {op: src for op, src in COLLECTIVE_OPS.items() if op not in present}
+        if not missing:
+            return self
+        ops = []
+        for inst in self.ops:
+            ops.append(inst)
+            ops += [OpInstance(op, inst.lo, inst.hi, inst.stream) for op, src in missing.items() if inst.op == src]
+        return replace(self, ops=tuple(ops))
+
+    @property
+    def collective_ops(self) -> tuple[OpInstance, ...]:
+        return tuple(i for i in self.ops if i.op in COLLECTIVE_OPS)
 
     # ---- validation ---------------------------------------------------------------------------------
     def validate(self, num_sms: int | None = None, where: str = "plan") -> None:
@@ -104,15 +131,16 @@ class PipelinePlan:
             raise EngineConfigError(f"{where}: align must be >= 1")
         for k, inst in enumerate(self.ops):
             at = f"{where}: ops[{k}] ({inst.op})"
-            if inst.op not in LAYER_OPS:
-                raise EngineConfigError(f"{at}: unknown op (known: {', '.join(LAYER_OPS)})")
+            if inst.op not in DATAFLOW:
+                raise EngineConfigError(f"{at}: unknown op (known: {', '.join(DATAFLOW)})")
             if not 0.0 <= inst.lo < inst.hi <= 1.0:
                 raise EngineConfigError(f"{at}: range [{inst.lo}, {inst.hi}) must satisfy 0 <= lo < hi <= 1")
             if not 0 <= inst.stream < self.num_streams:
                 raise EngineConfigError(f"{at}: stream {inst.stream} not in 0..{self.num_streams - 1}")
             if inst.sm_budget is not None and (inst.sm_budget < 1 or (num_sms and inst.sm_budget > num_sms)):
                 raise EngineConfigError(f"{at}: sm_budget {inst.sm_budget} outside 1..{num_sms or 'SMs'}")
-        for op in LAYER_OPS:  # each op's instances tile [0, 1) exactly once
+        placed = [op for op in COLLECTIVE_OPS if any(i.op == op for i in self.ops)]  # the others are implied
+        for op in (*LAYER_OPS, *placed):  # each op's instances tile [0, 1) exactly once
             pieces = sorted((i.lo, i.hi) for i in self.ops if i.op == op)
             if not pieces:
                 raise EngineConfigError(f"{where}: op '{op}' has no instance; every op must run")

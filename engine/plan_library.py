@@ -20,7 +20,7 @@ POST_ATTN = ("o_proj", "mlp_norm", "gate_up", "silu_mul", "down")
 def nano_batch_plan(num_nano_batches: int = 2, decode_sm_budget: int | None = None, align: int = 64,
                     attn_priority: int = 0, name: str | None = None, partition: str = "grid",
                     gemm_sm_budget: int | None = None, prefill_attn_stream: int = 1,
-                    reverse_post: bool = False) -> PipelinePlan:
+                    reverse_post: bool = False, collective_stream: bool = False) -> PipelinePlan:
     """Cut the dense batch into equal nano-batches; GEMMs, norms and small ops on stream 0, attention on
     stream 1. Issue order per layer: every nano-batch's pre-attention ops (so attention of nano-batch i
     overlaps the qkv GEMM of i+1), then every nano-batch's o_proj + MLP (so the last attention overlaps
@@ -34,6 +34,10 @@ def nano_batch_plan(num_nano_batches: int = 2, decode_sm_budget: int | None = No
     tokens. prefill_attn_stream=0 keeps the (compute-bound) prefill attention with the GEMMs, and
     reverse_post issues the later nano-batches' o_proj + MLP first: then the GEMMs of the prefill-only
     nano-batches run while the first one's decode attention streams KV on stream 1 (NanoFlow's pairing).
+
+    collective_stream (tensor parallelism, name suffix '-ar'): the all-reduces run on a stream of their own
+    (stream 2), and the post-attention order becomes every nano-batch's o_proj first, then each one's MLP, so
+    nano-batch i's all-reduce runs beside nano-batch i+1's GEMMs (NanoFlow's network overlap).
     """
     edges = [i / num_nano_batches for i in range(num_nano_batches + 1)]
     ranges = list(zip(edges[:-1], edges[1:], strict=True))
@@ -44,31 +48,44 @@ def nano_batch_plan(num_nano_batches: int = 2, decode_sm_budget: int | None = No
         ops += [OpInstance(op, lo, hi, sm_budget=gemm_budget if op in GEMM_OPS else None) for op in PRE_ATTN]
         ops += [OpInstance("decode_attn", lo, hi, stream=1, sm_budget=attn_budget),
                 OpInstance("prefill_attn", lo, hi, stream=prefill_attn_stream)]
-    for lo, hi in (reversed(ranges) if reverse_post else ranges):
-        ops += [OpInstance(op, lo, hi, sm_budget=gemm_budget if op in GEMM_OPS else None) for op in POST_ATTN]
+    post = list(reversed(ranges) if reverse_post else ranges)
+    gemm = lambda op, lo, hi: OpInstance(op, lo, hi, sm_budget=gemm_budget if op in GEMM_OPS else None)
+    if not collective_stream:
+        for lo, hi in post:
+            ops += [gemm(op, lo, hi) for op in POST_ATTN]
+    else:
+        for lo, hi in post:
+            ops += [gemm("o_proj", lo, hi), OpInstance("o_allreduce", lo, hi, stream=2)]
+        for lo, hi in post:
+            ops += [gemm(op, lo, hi) for op in POST_ATTN[1:]] + [OpInstance("down_allreduce", lo, hi, stream=2)]
     tag = {"grid": "", "cublas": "-cublas", "green": "-green"}[partition]
     budget = f"-sm{decode_sm_budget}" if decode_sm_budget else ""
     budget += ("-pf0" if prefill_attn_stream == 0 else "") + ("-rev" if reverse_post else "")
-    return PipelinePlan(name or f"nb{num_nano_batches}{tag}{budget}", tuple(ops), num_streams=2, align=align,
-                        stream_priorities=(0, attn_priority), partition=partition,
-                        stream_sms=(gemm_sm_budget, decode_sm_budget) if partition == "green" else (),
+    budget += "-ar" if collective_stream else ""
+    return PipelinePlan(name or f"nb{num_nano_batches}{tag}{budget}", tuple(ops), num_streams=2 + collective_stream,
+                        align=align, stream_priorities=(0, attn_priority) + ((0,) if collective_stream else ()),
+                        partition=partition,
+                        stream_sms=((gemm_sm_budget, decode_sm_budget) + ((None,) if collective_stream else ())
+                                    if partition == "green" else ()),
                         meta={"generator": "engine.plan_library.nano_batch_plan",
                               "params": {"num_nano_batches": num_nano_batches, "partition": partition,
                                          "decode_sm_budget": decode_sm_budget, "gemm_sm_budget": gemm_sm_budget,
                                          "align": align, "attn_priority": attn_priority,
-                                         "prefill_attn_stream": prefill_attn_stream, "reverse_post": reverse_post}})
+                                         "prefill_attn_stream": prefill_attn_stream, "reverse_post": reverse_post,
+                                         **({"collective_stream": True} if collective_stream else {})}})
 
 
 def plan_from_name(name: str, num_sms: int) -> PipelinePlan:
     """'sequential' or nano_batch_plan's own names: nb<N>[-cublas|-green][-sm<decode SMs>][-pf0][-rev][-prio],
     e.g. 'nb2-cublas-sm33' = two nano-batches, decode attention on 33 SMs, GEMMs aimed at the other
-    num_sms - 33; '-pf0' = prefill attention on the GEMM stream; '-rev' = later nano-batches' MLPs first."""
+    num_sms - 33; '-pf0' = prefill attention on the GEMM stream; '-rev' = later nano-batches' MLPs first;
+    '-ar' = all-reduces on a stream of their own (tensor parallelism)."""
     if name == "sequential":
         return PipelinePlan.sequential()
-    m = re.fullmatch(r"nb(\d+)(?:-(cublas|green))?(?:-sm(\d+))?(-pf0)?(-rev)?(-prio)?", name)
+    m = re.fullmatch(r"nb(\d+)(?:-(cublas|green))?(?:-sm(\d+))?(-pf0)?(-rev)?(-prio)?(-ar)?", name)
     if not m:
         raise EngineConfigError(f"plan name '{name}': expected 'sequential' or "
-                                "nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio]")
+                                "nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio][-ar]")
     n, partition, sms, pf0, rev, prio = int(m[1]), m[2] or "grid", m[3], bool(m[4]), bool(m[5]), bool(m[6])
     decode = int(sms) if sms else None
     if decode is not None and not 1 <= decode < num_sms:
@@ -77,7 +94,8 @@ def plan_from_name(name: str, num_sms: int) -> PipelinePlan:
         raise EngineConfigError(f"plan name '{name}': partition '{partition}' needs -sm<S>")
     gemm = num_sms - decode if decode is not None and partition != "grid" else None
     return nano_batch_plan(n, decode_sm_budget=decode, attn_priority=-1 if prio else 0, partition=partition,
-                           gemm_sm_budget=gemm, name=name, prefill_attn_stream=0 if pf0 else 1, reverse_post=rev)
+                           gemm_sm_budget=gemm, name=name, prefill_attn_stream=0 if pf0 else 1, reverse_post=rev,
+                           collective_stream=bool(m[7]))
 
 
 def resolve_plan(spec: str | None, num_sms: int | None = None) -> PipelinePlan:

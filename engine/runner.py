@@ -22,6 +22,7 @@ from engine.plan import PipelinePlan
 from engine.plan_library import resolve_plan
 from engine.sampler import Sampler
 from engine.scheduler import ScheduledBatch
+from engine.sizing import kv_bytes_per_token, sampling_reserve_bytes
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -92,7 +93,12 @@ class ModelRunner:
         self.plan = resolve_plan(config.plan, self.num_sms)
         self.plan.validate(num_sms=self.num_sms, where=config.plan or "plan")
         t0 = time.perf_counter()
-        if Path(config.model).is_dir():
+        self.tp = None  # engine/parallel/comm.TPGroup under tensor parallelism
+        if config.tp > 1:
+            from engine.parallel.tp_model import load_rank
+
+            self.tp, self.shapes, run_cfg, self.weights = load_rank(config, model_cfg, self.device, self.dtype)
+        elif Path(config.model).is_dir():
             self.weights = load_hf_weights(config.model, model_cfg, self.device, self.dtype)
         else:
             self.weights = random_weights(model_cfg, self.device, self.dtype, config.seed)
@@ -101,7 +107,13 @@ class ModelRunner:
         self.cos_sin = build_cos_sin_cache(model_cfg.head_dim, max_model_len, model_cfg.rope_theta,
                                            model_cfg.rope_scaling, device=self.device)
         self.max_tokens = max(config.max_num_batched_tokens, config.max_num_seqs)
-        self.model = LlamaModel(model_cfg, self.weights, [], self.kernels, self.cos_sin)
+        if self.tp is not None:
+            from engine.parallel.tp_model import TPLlamaModel
+
+            self.model = TPLlamaModel(run_cfg, self.weights, [], self.kernels, self.cos_sin, self.tp, self.shapes,
+                                      model_cfg.vocab_size)
+        else:
+            self.model = LlamaModel(model_cfg, self.weights, [], self.kernels, self.cos_sin)
         workspace = self.model.ensure_workspace(self.max_tokens)
         self.cache_info = self._allocate_kv_cache(workspace.num_bytes)
         self.max_blocks_per_seq = -(-max_model_len // config.block_size)
@@ -117,6 +129,8 @@ class ModelRunner:
     def set_plan(self, plan: PipelinePlan) -> None:
         """Switch to another plan (same weights and cache): new executor, and graphs captured afresh."""
         plan.validate(num_sms=self.num_sms, where=plan.name)
+        if self.tp is not None:  # the collectives a plan omits go after their GEMMs, on the GEMM's stream
+            plan = plan.with_collectives()
         self.plan = plan
         self.graphs = self.mixed_graphs = None  # drop the old graphs (and their pools) before capturing new ones
         if self.device.type == "cuda":
@@ -135,9 +149,9 @@ class ModelRunner:
 
     # ---- KV cache -----------------------------------------------------------------------------------
     def _allocate_kv_cache(self, workspace_bytes: int) -> CacheInfo:
-        c, m = self.config, self.model_cfg
+        c, m = self.config, self.model.cfg  # the rank's shard under tensor parallelism
         kv_dtype = resolve_kv_cache_dtype(c.kv_cache_dtype, self.dtype, self.device)
-        per_block = m.kv_bytes_per_token(kv_dtype.itemsize) * c.block_size
+        per_block = kv_bytes_per_token(m.num_layers, m.kv_size, kv_dtype.itemsize) * c.block_size
         if c.num_kv_blocks is not None:
             num_blocks = c.num_kv_blocks
         elif self.device.type == "cuda":
@@ -145,11 +159,13 @@ class ModelRunner:
             # memory torch's allocator holds but does not use is ours to reuse, not someone else's
             cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
             # sampling temporaries ([seqs, vocab] fp32, a few copies) + cuBLAS/graph pools + kernel scratch
-            reserve = 3 * c.max_num_seqs * m.vocab_size * 4 + (1 << 30)
+            reserve = sampling_reserve_bytes(c.max_num_seqs, self.model_cfg.vocab_size)
             budget = c.gpu_memory_fraction * total - (total - free - cached) - reserve
             num_blocks = int(budget // per_block)
         else:
             num_blocks = int(c.cpu_kv_cache_gb * (1 << 30) // per_block)
+        if self.tp is not None:  # every rank schedules the same blocks: the cache is the smallest rank's
+            num_blocks = self.tp.min_int(num_blocks)
         if num_blocks < 1:
             raise EngineConfigError(f"no memory left for the KV cache after {self.weights.num_bytes / 2**30:.1f} "
                                     f"GiB of weights (gpu_memory_fraction={c.gpu_memory_fraction})")

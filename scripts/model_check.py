@@ -37,9 +37,9 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from engine.config import resolve_max_model_len
     from engine.plan import PipelinePlan
     from engine.presets import get_preset
+    from engine.sizing import resolve_max_model_len
     from nanotune.profile.ops import Shard
     from nanotune.results import write_json_atomic
     from nanotune.search.capacity import WorkloadStats, gpu_memory_gib

@@ -46,6 +46,7 @@ class BenchConfig:
     ignore_eos: bool = True  # endpoint: send vLLM's ignore_eos + min_tokens (False: servers that reject them)
     gpu: str | None = None  # this GPU's committed reference profile: the peak (endpoint) and the bound
     api_key: str | None = field(default=None, repr=False)  # endpoint: sent as Bearer; never written out
+    tp: int = 1  # in-process engine: tensor-parallel ranks (one process each)
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -72,6 +73,11 @@ class BenchConfig:
             if not self.request_timeout > 0 or self.request_timeout == float("inf"):
                 raise ValueError(f"--request-timeout must be a positive number of seconds, got "
                                  f"{self.request_timeout}")
+        if self.tp < 1:
+            raise ValueError(f"--tp must be >= 1, got {self.tp}")
+        if self.tp > 1 and self.engine not in ("nanoflow", "sequential"):
+            raise ValueError(f"--tp {self.tp}: only the in-process engine (nanoflow, sequential) runs "
+                             "tensor-parallel")
         if self.repeat < 1:
             raise ValueError(f"--repeat must be >= 1, got {self.repeat}")
         if self.max_concurrency is not None and self.max_concurrency < 1:

@@ -36,12 +36,12 @@ def load_trace(spec: str, num_requests: int | None, seed: int, filter: str | Non
 
 
 def max_model_len_for(cfg: BenchConfig) -> int | None:
-    """The context the engine serves this model with (engine.config.resolve_max_model_len), so requests that
+    """The context the engine serves this model with (engine.sizing.resolve_max_model_len), so requests that
     cannot fit are dropped before the run; the same figure for every backend, so they run the same requests.
     None for an endpoint serving a model nanotune does not know (the server enforces its own limit)."""
-    from engine.config import resolve_max_model_len
     from engine.engine import load_model_config
     from engine.errors import EngineConfigError
+    from engine.sizing import resolve_max_model_len
 
     if not cfg.model or (cfg.engine == "endpoint" and preset_or_none(cfg.model) is None):
         return None
@@ -118,9 +118,10 @@ def make_backend(cfg: BenchConfig, lengths: list[tuple[int, int]]) -> Backend:
         return load_hf_backend(cfg.model, cfg.device, cfg.dtype, cfg.hf_attn, cfg.seed, lengths)
     from nanotune.bench.backends.inprocess import load_engine_backend
 
+    tp = {"tp": cfg.tp} if cfg.tp > 1 else {}
     return load_engine_backend(cfg.engine, cfg.model, cfg.device, cfg.dtype, cfg.plan, cfg.seed,
                                kv_cache_dtype=cfg.kv_cache_dtype, decode_kernel=cfg.decode_kernel,
-                               **engine_limits(cfg))
+                               **engine_limits(cfg), **tp)
 
 
 def engine_limits(cfg: BenchConfig) -> dict:

@@ -73,6 +73,8 @@ def _has_gpu() -> bool:
                    "nb2-sm66, nb2-cublas-sm44, nb2-green-sm44 (nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio]).")
 @click.option("--max-num-batched-tokens", type=click.IntRange(min=1), help="Dense-batch token budget [2048].")
 @click.option("--max-num-seqs", type=click.IntRange(min=1), help="Most requests running at once [512].")
+@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tensor-parallel ranks of the in-process engine (one process per GPU; gloo on CPU).")
 @click.option("--endpoint", metavar="URL", help="OpenAI-compatible server instead of an in-process engine.")
 @click.option("--mode", type=click.Choice(["offline", "online"]), default="offline", show_default=True,
               help="offline: all at t=0; online: the trace's timestamps or --request-rate.")
@@ -154,7 +156,8 @@ def command(**o):
             endpoint=o["endpoint"], hf_attn=o["hf_attn"], peak_tflops=o["peak_tflops"],
             vocab_size=o["vocab_size"], num_params=o["num_params"], profile=o["bound_profile"],
             endpoint_type=o["endpoint_type"], tokenizer=o["tokenizer"], request_timeout=o["request_timeout"],
-            gpu=o["gpu"], api_key=o["api_key"] if o["endpoint"] else None, ignore_eos=o["ignore_eos"])
+            gpu=o["gpu"], api_key=o["api_key"] if o["endpoint"] else None, ignore_eos=o["ignore_eos"],
+            tp=o["tp"])
     except ValueError as e:
         raise UserError(str(e)) from None
     if cfg.sweep_rates and cfg.request_rate is not None:

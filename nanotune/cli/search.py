@@ -18,7 +18,9 @@ from nanotune.errors import UserError
 @click.command(name="search")
 @click.option("--model", help="Model preset or short name (llama-70b -> llama-3-70b) [default: the profile's, "
                               "else llama-3-8b].")
-@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="Tensor-parallel degree.")
+@click.option("--tp", type=click.IntRange(min=1),
+              help="Tensor-parallel degree [default: the profile's, else the smallest at which the weights and a "
+                   "useful KV cache fit the GPU].")
 @click.option("--gpu", metavar="NAME", help="Use the committed reference profile "
                                             "results/reference/NAME/profile-<model>-tp<N>.json (any machine).")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=True), help="Use this profile file.")

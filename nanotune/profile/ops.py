@@ -9,8 +9,9 @@ can be turned into achieved TFLOP/s and GB/s. Bytes are the compulsory traffic: 
 every result written once (what a perfect kernel moves); FLOPs of memory-bound ops are nominal (a few per
 element) and only place them on the roofline.
 
-Collectives: under TP > 1 a layer all-reduces twice (after o_proj and after down). They are listed but NOT
-measured: the engine has no tensor parallelism yet, and a profile runs on one GPU with no peers to reduce with.
+Collectives: under TP > 1 a layer all-reduces twice (after o_proj and after down: the engine's o_allreduce and
+down_allreduce plan ops). A profile of one GPU lists them but does not measure them (no peers to reduce with);
+nanotune.profile.collectives times the all-reduce over real ranks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from engine.config import ModelConfig
+from engine.errors import EngineConfigError
 from engine.plan import GEMM_OPS, LAYER_OPS
+from engine.sizing import kv_bytes_per_token, shard_shapes
 
 ATTENTION_OPS = ("decode_attn", "prefill_attn")
 MEMORY_OPS = ("attn_norm", "mlp_norm", "rope_kv", "silu_mul")
@@ -27,8 +30,8 @@ KINDS = {**{op: "gemm" for op in GEMM_OPS}, **{op: "attention" for op in ATTENTI
          **{op: "memory" for op in MEMORY_OPS}}
 assert set(KINDS) == set(LAYER_OPS), "every engine op needs a kind here"
 
-COLLECTIVES_NOT_MEASURED = ("not measured: the engine has no tensor parallelism yet, and this profile ran on one "
-                            "GPU with no peers to reduce with")
+COLLECTIVES_NOT_MEASURED = ("not measured: this profile ran on one GPU with no peers to reduce with "
+                            "(nanotune.profile.collectives times it over real ranks)")
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Shard:
                                                             "params_per_gpu")))
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        return 2 * self.num_layers * self.kv_size * dtype_bytes
+        return kv_bytes_per_token(self.num_layers, self.kv_size, dtype_bytes)
 
     def gemm_nk(self, op: str) -> tuple[int, int]:
         """(n, k) of the op's weight [n, k]: output features x input features (nn.Linear layout)."""
@@ -79,24 +82,13 @@ class Shard:
 
 def shard(cfg: ModelConfig, tp: int) -> Shard:
     """Per-GPU shapes of `cfg` at tensor-parallel degree `tp`; ValueError naming what does not divide."""
-    if tp < 1:
-        raise ValueError(f"--tp {tp}: must be >= 1")
-    for what, n in (("attention heads", cfg.num_heads), ("intermediate size", cfg.intermediate_size)):
-        if n % tp:
-            raise ValueError(f"{cfg.name}: {what} {n} do not divide over --tp {tp}")
-    if cfg.num_kv_heads % tp and tp % cfg.num_kv_heads:
-        raise ValueError(f"{cfg.name}: {cfg.num_kv_heads} KV heads neither divide over nor replicate "
-                         f"evenly to --tp {tp}")
-    heads, kv_heads, inter = cfg.num_heads // tp, max(1, cfg.num_kv_heads // tp), cfg.intermediate_size // tp
-    h, d = cfg.hidden_size, cfg.head_dim
-    per_layer = h * (heads + 2 * kv_heads) * d + heads * d * h + 3 * h * inter + 2 * h
-    if cfg.qkv_bias:
-        per_layer += (heads + 2 * kv_heads) * d
-    # embedding and lm_head split by vocabulary (vocab-parallel), as TP engines do; tied: one matrix
-    embed = cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2) // tp
-    return Shard(model=cfg.name, tp=tp, hidden=h, heads=heads, kv_heads=kv_heads, head_dim=d, intermediate=inter,
-                 vocab=cfg.vocab_size, num_layers=cfg.num_layers,
-                 params_per_gpu=cfg.num_layers * per_layer + embed + h)
+    try:
+        s = shard_shapes(cfg, tp)  # the engine owns the sharding
+    except EngineConfigError as e:
+        raise ValueError(str(e).replace(f"tp {tp}", f"--tp {tp}")) from None
+    return Shard(model=cfg.name, tp=tp, hidden=s.hidden, heads=s.heads, kv_heads=s.kv_heads, head_dim=s.head_dim,
+                 intermediate=s.intermediate, vocab=cfg.vocab_size, num_layers=cfg.num_layers,
+                 params_per_gpu=s.params_per_gpu)
 
 
 def shard_config(cfg: ModelConfig, s: Shard, num_layers: int) -> ModelConfig:

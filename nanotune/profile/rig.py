@@ -22,6 +22,7 @@ from engine.kernels import build_cos_sin_cache, get_ops
 from engine.models.forward import ForwardBatch, PrefillMeta
 from engine.models.llama import LlamaModel, Workspace
 from engine.models.weights import random_weights
+from engine.sizing import MAX_MODEL_LEN_CAP
 
 BLOCK_SIZE = 16  # the engine's default KV page
 
@@ -46,7 +47,7 @@ def kv_blocks(op: str, point: dict) -> int:
 
 class LayerRig:
     def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, *, num_kv_blocks: int,
-                 max_tokens: int, num_workspaces: int, seed: int = 0, max_position: int = 8192,
+                 max_tokens: int, num_workspaces: int, seed: int = 0, max_position: int = MAX_MODEL_LEN_CAP,
                  backend: str = "auto"):
         """cfg: the shard's ModelConfig whose num_layers = 1 + the weight rotation depth. backend "auto" is
         what the engine runs (Triton on CUDA, torch on CPU); tests pass "triton" under the interpreter."""

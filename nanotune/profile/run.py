@@ -134,8 +134,8 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
     notes = list(STATIC_NOTES) + list(grid.notes)
     if sh.tp > 1:
         notes.append(f"tp {sh.tp}: shard shapes measured on one GPU; the all-reduces after o_proj and down are "
-                     "listed under collectives but not measured (no tensor parallelism in the engine yet, "
-                     "no peers on this machine)")
+                     "listed under collectives but not measured by this one-GPU profile (scripts/tp_bench.py "
+                     "times the all-reduce over real ranks)")
     if device.type != "cuda":
         notes.append("device cpu: a code-path check with the torch reference kernels; the times say nothing "
                      "about any GPU, and interference ran each pair one op after the other (no streams)")

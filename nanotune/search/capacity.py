@@ -12,6 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.sizing import (
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    DEFAULT_MAX_NUM_SEQS,
+    kv_blocks_that_fit,
+    sampling_reserve_bytes,
+    workspace_bytes,
+    workspace_rows,
+)
 from nanotune.errors import UserError
 from nanotune.profile.ops import Shard
 from nanotune.search.perfmodel import BatchShape
@@ -22,7 +30,6 @@ GPU_MEMORY_GIB = [("h200", 139.8), ("h100 nvl", 93.1), ("h100", 79.1), ("gh200",
                   ("a100-sxm4-40", 39.4), ("a100 40", 39.4), ("a100-40", 39.4), ("a100", 79.1),
                   ("l40s", 44.4), ("l40", 44.4), ("a10g", 22.0), ("l4", 22.0), ("rtx 4090", 23.6)]
 CUDA_CONTEXT_BYTES = GIB  # context, cuBLAS workspaces, the rope table: what `total - free` holds beside ours
-SAMPLING_RESERVE_BYTES = GIB  # the runner's fixed reserve, beside 3 x max_num_seqs x vocab fp32
 
 
 def gpu_memory_gib(name: str, profile_gpu: dict | None = None) -> float:
@@ -54,19 +61,18 @@ class KVCapacity:
 
 
 def kv_capacity(shards: Shard, memory_gib: float, gpu_memory_fraction: float = 0.9,
-                max_num_batched_tokens: int = 2048, max_num_seqs: int = 512, block_size: int = 16,
+                max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+                max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, block_size: int = 16,
                 dtype_bytes: int = 2) -> KVCapacity:
     """Blocks of KV cache one GPU holds (num_blocks <= 0: the model does not fit)."""
     s = shards
     weights = s.params_per_gpu * dtype_bytes
-    rows = max(max_num_batched_tokens, max_num_seqs)
-    q, kv = s.q_size, s.kv_size
-    # residual, normed, delta (hidden each), qkv, attention out, gate_up (2 I) and act (I): engine Workspace
-    workspace = rows * (3 * s.hidden + q + 2 * kv + q + 3 * s.intermediate) * dtype_bytes
-    reserve = 3 * max_num_seqs * s.vocab * 4 + SAMPLING_RESERVE_BYTES + CUDA_CONTEXT_BYTES
+    rows = workspace_rows(max_num_batched_tokens, max_num_seqs)
+    workspace = workspace_bytes(s.hidden, s.q_size, s.kv_size, s.intermediate, rows, dtype_bytes)
+    reserve = sampling_reserve_bytes(max_num_seqs, s.vocab) + CUDA_CONTEXT_BYTES
     budget = gpu_memory_fraction * memory_gib * GIB - weights - workspace - reserve
-    per_block = s.kv_bytes_per_token(dtype_bytes) * block_size
-    return KVCapacity(int(budget // per_block), block_size, budget, weights, workspace, reserve)
+    blocks = kv_blocks_that_fit(budget, s.num_layers, s.kv_size, block_size, dtype_bytes)
+    return KVCapacity(blocks, block_size, budget, weights, workspace, reserve)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ What it simulates, as the executor (engine/pipeline.py) runs a plan:
 - the layers are simulated one after another in full (so work of layer l+1 may overlap the tail of l),
   then the lm_head and sampling of the sampled rows are added (estimated from the profile's peaks).
 Under tensor parallelism an all-reduce follows each o_proj and down instance, either inline on the
-producer's stream or on a stream of its own that overlaps compute; the engine cannot run TP yet, so this
-part is a model of a choice recorded in the plan's meta, not of a measured run.
+producer's stream or on a stream of its own that overlaps compute (a choice recorded in the plan's meta), or
+where the plan places them as its own collective ops (engine.plan.COLLECTIVE_OPS), as the engine runs them.
 Every alone time is scaled by the profile's sustained-load factor for its bound (compute or memory): a
 serving card runs at its power limit, the profile's short timings at boost clock.
 Launches: a CUDA-graph replay (the engine replays graphs for decode-only and captured mixed iterations)
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from engine.plan import PipelinePlan
+from engine.plan import COLLECTIVE_OPS, PipelinePlan
 from nanotune.search.profiledata import Profile
 
 COLLECTIVES = ("inline", "overlap")
@@ -172,7 +172,12 @@ def build_nodes(plan: PipelinePlan, profile: Profile, batch: BatchShape, num_lay
     comm_stream = plan.num_streams  # a stream of its own when collectives overlap
     num_streams = plan.num_streams + (1 if tp > 1 and collectives == "overlap" else 0)
     base = []  # per instance: (op, stream, ms, point, budget)
+    explicit = bool(plan.collective_ops)  # a plan that places its all-reduces (engine.plan.COLLECTIVE_OPS)
     for inst, (a, b) in zip(plan.ops, rows, strict=True):
+        if inst.op in COLLECTIVE_OPS:  # timed like the implied ones below; nothing to reduce at TP 1
+            ms = allreduce_ms(profile, b - a) if tp > 1 else 0.0
+            base.append(("all_reduce", inst.stream, ms, {"tokens": b - a}, None))
+            continue
         point = instance_point(inst.op, a, b, batch) if a < b else {"tokens": 0}
         ms = profile.alone_ms(inst.op, point, inst.sm_budget)  # 0 when it has no rows of its kind
         ms *= profile.sustained_factor(inst.op, point)  # the clock a busy card runs at
@@ -190,7 +195,7 @@ def build_nodes(plan: PipelinePlan, profile: Profile, batch: BatchShape, num_lay
                 deps += [prev_ids[j] for j in prev[k]]
             nodes.append(Node(layer, k, op, stream, ms, point, budget, deps))
             ids[k] = len(nodes) - 1
-            if tp > 1 and op in ("o_proj", "down"):
+            if tp > 1 and not explicit and op in ("o_proj", "down"):
                 a, b = rows[k]
                 s = comm_stream if collectives == "overlap" else stream
                 nodes.append(Node(layer, -1, "all_reduce", s, allreduce_ms(profile, b - a), {"tokens": b - a},

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from nanotune.errors import UserError
 from nanotune.profile.ops import Shard
@@ -21,7 +21,7 @@ from nanotune.search.study import open_study, pareto, prune_summary, ranked_tria
 @dataclass(frozen=True)
 class SearchConfig:
     model: str | None = None  # preset or short name; default: the profile's model, else llama-3-8b
-    tp: int = 1
+    tp: int | None = 1  # None: the smallest that holds the weights and a useful KV cache (pick_tp)
     gpu: str | None = None  # use results/reference/<gpu>/profile-<model>-tp<N>.json
     profile: str | None = None  # an explicit profile file
     workload: str = "sharegpt"  # dataset name, constant:IN:OUT, random:IN:OUT[:RATIO] or a trace file
@@ -48,7 +48,7 @@ class SearchConfig:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise UserError(f"--objective '{self.objective}': expected one of {', '.join(OBJECTIVES)}")
-        if self.tp < 1:
+        if self.tp is not None and self.tp < 1:
             raise UserError(f"--tp {self.tp}: expected >= 1")
         if self.n_trials is None and self.timeout_s is None:
             raise UserError("give --n-trials or --timeout (or both)")
@@ -62,8 +62,8 @@ def _has_gpu() -> bool:
 
 def prepare(cfg: SearchConfig, log) -> tuple[SearchContext, dict]:
     """Model, profile, workload -> the model context and the identity of the study."""
-    from engine.config import resolve_max_model_len
     from engine.presets import get_preset
+    from engine.sizing import resolve_max_model_len
     from workloads import summary_line
 
     has_gpu = _has_gpu()
@@ -124,9 +124,47 @@ def baseline_plans(model: str) -> dict:
             "nb2": nano_batch_plan(2)}
 
 
+def _torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pick_tp(cfg: SearchConfig, log) -> int:
+    """The smallest TP at which the model's shard and a useful KV cache (engine.sizing.USEFUL_KV_SEQS sequences
+    of the default max_model_len) fit the GPU's memory; says so in one line."""
+    from engine.presets import get_preset
+    from engine.sizing import GIB, USEFUL_KV_SEQS, default_max_model_len, min_tp_that_fits
+
+    if cfg.profile:  # a given profile was measured at one TP: that is the one
+        from nanotune.search.profiledata import load_profile
+
+        return load_profile(cfg.profile).tp
+    model, _ = resolve.resolve_model(cfg.model or "llama-3-8b")
+    mc = get_preset(model)
+    if cfg.gpu_memory_gib or cfg.gpu:
+        gib, where = cfg.gpu_memory_gib or gpu_memory_gib(cfg.gpu), cfg.gpu or "--gpu-memory-gib"
+    elif _torch_cuda():
+        import torch
+
+        gib, where = torch.cuda.get_device_properties(0).total_memory / GIB, torch.cuda.get_device_name()
+    else:  # nothing to size for; the profile lookup then says what to pass
+        return 1
+    kv_tokens = USEFUL_KV_SEQS * default_max_model_len(mc)
+    tp = min_tp_that_fits(mc, gib * GIB, cfg.gpu_memory_fraction, kv_tokens,
+                          max_num_seqs=cfg.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS)
+    if tp is None:
+        raise UserError(f"{model} does not fit {where} ({gib:.1f} GiB) at any TP up to 16")
+    log(f"--tp {tp}: the smallest TP at which {model}'s weights and a KV cache of {kv_tokens:,} tokens fit "
+        f"{where} ({gib:.1f} GiB x {cfg.gpu_memory_fraction})")
+    return tp
+
+
 def search(cfg: SearchConfig, log=print) -> tuple[dict, object]:
     """Run one search; returns (result dict, run directory)."""
     t_start = time.time()
+    if cfg.tp is None:
+        cfg = replace(cfg, tp=pick_tp(cfg, log))
     ctx, info = prepare(cfg, log)
     model, wl = info["model"], info["workload"]
     name = cfg.study or f"{model}-tp{cfg.tp}-{wl.label}-{cfg.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -235,5 +273,5 @@ def _validate(cfg: SearchConfig, ctx: SearchContext, info: dict, ranked: list, b
             seen.add(key)
             entries.append((label, plan, ENGINE_DEFAULT_DENSE_BATCH, seqs))
     lengths = info["workload"].lengths[: cfg.validate_requests]
-    return validate_plans(entries, ctx, info["model"], lengths, cfg.seed, log=log)
+    return validate_plans(entries, ctx, info["model"], lengths, cfg.seed, log=log, tp=cfg.tp)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from engine.errors import EngineConfigError
 from engine.plan import OpInstance, PipelinePlan
 from engine.plan_library import POST_ATTN, PRE_ATTN
+from engine.sizing import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS
 from nanotune.search.perfmodel import COLLECTIVES
 
 DENSE_BATCH_RANGE = (512, 4096, 256)  # low, high, step
@@ -31,8 +32,8 @@ ALIGNS = (1, 64, 128)
 SM_BUDGET_STEP = 4  # decode attention budgets 8, 12, ... up to the profile's SMs (a study is of one profile)
 ISSUE_ORDERS = ("grouped", "pipelined")
 MAX_NUM_SEQS = (128, 256, 384, 512, 768, 1024)
-ENGINE_DEFAULT_DENSE_BATCH = 2048  # EngineConfig.max_num_batched_tokens: what the baselines run with
-ENGINE_DEFAULT_MAX_NUM_SEQS = 512  # EngineConfig.max_num_seqs
+ENGINE_DEFAULT_DENSE_BATCH = DEFAULT_MAX_NUM_BATCHED_TOKENS  # what the baselines run with
+ENGINE_DEFAULT_MAX_NUM_SEQS = DEFAULT_MAX_NUM_SEQS
 
 
 class Infeasible(Exception):

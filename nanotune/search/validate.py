@@ -122,7 +122,7 @@ def _sync(torch) -> None:
 
 def validate_plans(entries: list[tuple[str, PipelinePlan, int, int]], ctx, model: str,
                    lengths: list[tuple[int, int]], seed: int = 0, time_every: int = 10, log=print,
-                   device: str = "cuda") -> dict:
+                   device: str = "cuda", tp: int = 1) -> dict:
     """entries: (label, plan, max_num_batched_tokens, max_num_seqs). Returns result.json's validation block."""
     import torch
 
@@ -136,7 +136,7 @@ def validate_plans(entries: list[tuple[str, PipelinePlan, int, int]], ctx, model
     for (tokens, seqs), group in by_limits.items():  # one engine per limits; plans switched in place
         engine = LLMEngine(EngineConfig(model=model, device=device, seed=seed, max_num_batched_tokens=tokens,
                                         max_num_seqs=seqs, block_size=ctx.block_size,
-                                        gpu_memory_fraction=ctx.gpu_memory_fraction))
+                                        gpu_memory_fraction=ctx.gpu_memory_fraction, tp=tp))
         for label, plan, _, _ in group:
             engine.set_plan(plan)
             warm = _run_trace(engine, lengths, seed + 1, time_every)  # compiles, captures; the op timings
@@ -156,6 +156,7 @@ def validate_plans(entries: list[tuple[str, PipelinePlan, int, int]], ctx, model
             log(f"validated {label}: measured {row['measured']['total_token_throughput']:,.0f} tok/s, "
                 f"predicted {row['predicted']['total_token_throughput']:,.0f}; iteration MAPE "
                 f"{row['iteration_mape']:.1%}")
+        engine.close()  # tensor parallelism: ends the other ranks
         del engine
         gc.collect()
         if torch.cuda.is_available():

@@ -25,7 +25,8 @@ class EngineBackend(Backend):
         self.engine = engine
         self.name = name
         self.info = info or {}
-        self.num_params = int(engine.model_config.num_params)
+        # the optimum counts parameters per GPU: under tensor parallelism each rank holds 1 / tp of them
+        self.num_params = int(engine.model_config.num_params / getattr(getattr(engine, "config", None), "tp", 1))
         self.vocab_size = int(engine.vocab_size)
         self._inflight: dict[str, RequestRecord] = {}
         self._ended: list[RequestRecord] = []
@@ -107,6 +108,11 @@ class EngineBackend(Backend):
     def abort(self) -> None:
         self._inflight.clear()
 
+    def close(self) -> None:
+        close = getattr(self.engine, "close", None)  # tensor parallelism: end the other ranks
+        if close is not None:
+            close()
+
 
 def plan_info(plan: str | None) -> dict:
     """The plan as recorded in result.json: its path and, when readable, its content (a plan file may be
@@ -130,7 +136,7 @@ def load_engine_backend(kind: str, model: str, device: str, dtype: str | None, p
     cfg = EngineConfig(model=model, device=device, dtype=dtype or "auto", plan=plan, seed=seed, **engine_kw)
     eng = LLMEngine(cfg)
     info = {"device": device, "dtype": cfg.dtype, "kv_cache_dtype": cfg.kv_cache_dtype,
-            "decode_kernel": cfg.decode_kernel, **plan_info(plan)}
+            "decode_kernel": cfg.decode_kernel, **plan_info(plan), **({"tp": cfg.tp} if cfg.tp > 1 else {})}
     if kind == "nanoflow" and not plan:
         info["plan_note"] = "no --plan given: the engine's default plan"
     return EngineBackend(eng, name=kind, info=info)

@@ -1,0 +1,101 @@
+"""The all-reduce over real peers: bus bandwidth over sizes, alone and beside a GEMM, per implementation.
+
+One process per rank (spawned here, the engine's environment: multicast off, the implementation's NCCL
+settings). Each size is all-reduced alone (median of repeats), a GEMM runs alone, then both at once on two
+CUDA streams; `overlap_work` = (all-reduce alone + GEMM alone) / together, the work done together over back to
+back (1.0: no gain; NCCL's kernels take SMs from the GEMM). On CPU (gloo) there are no streams: only the
+alone times are measured and `together_ms` is None.
+
+Implementations are engine.parallel.comm's (nccl, nccl-channels:N); the others it names are refused there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+SIZES_MIB = (1, 8, 32, 128)
+
+
+def _time(fn, is_cuda: bool, repeats: int) -> float:
+    import torch
+
+    for _ in range(2):
+        fn()
+    out = []
+    for _ in range(repeats):
+        if is_cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if is_cuda:
+            torch.cuda.synchronize()
+        out.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(out)
+
+
+def _rank(rank: int, tp: int, env: dict, device_type: str, sizes_mib, gemm_n: int, repeats: int, out: str):
+    os.environ.update({**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+    import torch
+
+    from engine.parallel.comm import init_group
+
+    device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    g = init_group(device, env.get("NANOTUNE_ALLREDUCE", "nccl"))
+    is_cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if is_cuda else torch.float32
+    a = torch.randn(gemm_n, gemm_n, device=device, dtype=dtype)
+    b = torch.randn(gemm_n, gemm_n, device=device, dtype=dtype)
+    gemm = lambda: torch.mm(a, b)
+    gemm_ms = _time(gemm, is_cuda, repeats)
+    rows = []
+    for mib in sizes_mib:
+        x = torch.randn(mib * 2**20 // dtype.itemsize, device=device, dtype=dtype)
+        ar = lambda x=x: g.all_reduce_(x)
+        ar_ms = _time(ar, is_cuda, repeats)
+        together = None
+        if is_cuda:
+            s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+
+            def both(s1=s1, s2=s2, ar=ar):
+                with torch.cuda.stream(s1):
+                    gemm()
+                with torch.cuda.stream(s2):
+                    ar()
+
+            together = _time(both, True, repeats)
+        bus = 2 * (tp - 1) / tp * mib * 2**20 / (ar_ms * 1e-3) / 1e9
+        rows.append({"size_mib": mib, "allreduce_ms": ar_ms, "bus_gb_s": bus, "gemm_ms": gemm_ms,
+                     "together_ms": together,
+                     "overlap_work": (ar_ms + gemm_ms) / together if together else None})
+    if rank == 0:
+        Path(out).write_text(json.dumps(rows))
+    torch.distributed.destroy_process_group()
+
+
+def measure_allreduce(tp: int, impl: str = "nccl", device_type: str = "cuda", sizes_mib=SIZES_MIB,
+                      gemm_n: int | None = None, repeats: int = 20) -> dict:
+    """-> {"impl", "ranks", "gemm_n", "sizes": [per size: allreduce_ms, bus_gb_s, gemm_ms, together_ms,
+    overlap_work]}. Raises EngineConfigError for an implementation engine.parallel.comm refuses."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from engine.parallel.comm import NO_MULTICAST_ENV, allreduce_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(tp),
+           "NANOTUNE_ALLREDUCE": impl, **NO_MULTICAST_ENV, **allreduce_env(impl)}
+    gemm_n = gemm_n or (8192 if device_type == "cuda" else 256)
+    out = Path(tempfile.mkdtemp(prefix="nanotune-ar-")) / "rank0.json"
+    mp.start_processes(_rank, args=(tp, env, device_type, tuple(sizes_mib), gemm_n, repeats, str(out)),
+                       nprocs=tp, start_method="spawn")
+    return {"impl": impl, "ranks": tp, "gemm_n": gemm_n, "sizes": json.loads(out.read_text())}

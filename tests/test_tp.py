@@ -1,0 +1,181 @@
+"""Tensor parallelism on CPU: gloo processes (one per rank, spawned by the engine) against TP 1.
+
+TPN must compute TP1's function: fp32 logits within 1e-4 relative error and the same greedy tokens, with
+chunked prefill and forced preemption; a nano-batch plan with its all-reduces on their own stream equals the
+sequential plan; with more ranks than KV heads the KV heads are replicated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine import EngineConfig, LLMEngine
+from engine.errors import EngineConfigError
+from engine.request import SamplingParams
+from tests.hf_reference import save_tiny_checkpoint
+
+STEPS = 6
+
+
+def _prompts(vocab: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(3)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (37, 5, 52, 21)]
+
+
+def run(config: EngineConfig, prompts) -> tuple[list[list[int]], list[list[torch.Tensor]], dict]:
+    """Greedy tokens and each step's logits per prompt (rank 0's view), and the engine's stats."""
+    eng = LLMEngine(config)
+    try:
+        ids = [eng.add_request(p, SamplingParams(max_tokens=STEPS, ignore_eos=True)) for p in prompts]
+        tokens = {i: [] for i in ids}
+        logits = {i: [] for i in ids}
+        while eng.has_unfinished():
+            for o in eng.step():
+                tokens[o.request_id] += o.new_token_ids
+            for rid, row in (eng.last_logits or {}).items():
+                logits[rid].append(row.clone())
+        stats = {**eng.stats(), "heads_per_rank": eng.runner.model.cfg.num_heads}
+    finally:
+        eng.close()
+    return [tokens[i] for i in ids], [logits[i] for i in ids], stats
+
+
+def assert_same(ref, got):
+    (t1, l1, _), (t2, l2, _) = ref, got
+    assert t1 == t2
+    for a_rows, b_rows in zip(l1, l2, strict=True):
+        assert len(a_rows) == len(b_rows) == STEPS
+        for a, b in zip(a_rows, b_rows, strict=True):
+            rel = float((a - b).norm() / a.norm())
+            assert rel <= 1e-4, rel
+
+
+def _cfg(model, **kw) -> EngineConfig:
+    base = dict(model=str(model), device="cpu", dtype="float32", keep_logits=True, max_num_batched_tokens=32,
+                max_num_seqs=4)
+    return EngineConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tp")
+    for v in ("llama3", "qwen2"):
+        save_tiny_checkpoint(v, root / v)
+    return root
+
+
+@pytest.mark.parametrize("variant", ["llama3", "qwen2"])
+def test_tp2_equals_tp1_with_chunked_prefill_and_preemption(checkpoints, variant):
+    path = checkpoints / variant
+    prompts = _prompts(384)
+    # 14 blocks of 8 tokens cannot hold the four sequences at their peak; over-committed admission preempts
+    small = dict(block_size=8, num_kv_blocks=14, kv_overcommit=4.0)
+    ref = run(_cfg(path, **small), prompts)
+    got = run(_cfg(path, tp=2, **small), prompts)
+    assert ref[2]["num_preemptions"] > 0 and got[2]["num_preemptions"] == ref[2]["num_preemptions"]
+    assert_same(ref, got)
+
+
+def test_tp2_nano_batch_plan_equals_sequential(checkpoints):
+    path = checkpoints / "llama3"
+    prompts = _prompts(384)
+    seq = run(_cfg(path, tp=2), prompts)
+    nb = run(_cfg(path, tp=2, plan="nb2-ar", max_num_batched_tokens=64), prompts)
+    assert_same(seq, nb)
+
+
+def _save_8_heads(path):
+    """Llama-3 shape with 8 query heads and 2 KV heads: TP 4 and TP 8 replicate each KV head."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512,
+                                   rope_theta=500000.0)
+    torch.manual_seed(1)
+    model = transformers.LlamaForCausalLM(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif "embed" in name:
+                p.normal_(0.0, 1.0)
+            else:
+                p.normal_(0.0, 1.5 / math.sqrt(p.shape[-1]))
+    model.save_pretrained(path)
+
+
+@pytest.mark.parametrize("tp", [4, 8])
+def test_kv_heads_replicated_when_tp_exceeds_them(tmp_path, tp):
+    _save_8_heads(tmp_path)
+    prompts = _prompts(384)[:2]
+    assert_same(run(_cfg(tmp_path), prompts), run(_cfg(tmp_path, tp=tp), prompts))
+
+
+def test_random_weights_tp2_equal_tp1():
+    """Random weights: TP1 and TP2 build the same model from one seed (the tokens and logits agree)."""
+    prompts = _prompts(512)
+    kw = dict(num_kv_blocks=64)
+    ref, got = run(_cfg("tiny-llama-micro", **kw), prompts), run(_cfg("tiny-llama-micro", tp=2, **kw), prompts)
+    assert (ref[2]["heads_per_rank"], got[2]["heads_per_rank"]) == (4, 2)  # rank 0 holds half the heads
+    assert_same(ref, got)
+
+
+def test_dead_worker_ends_the_run_naming_its_rank():
+    from engine.parallel.launch import TPWorkerError
+
+    eng = LLMEngine(_cfg("tiny-llama-micro", tp=2, num_kv_blocks=64))
+    try:
+        eng.add_request(_prompts(512)[0], SamplingParams(max_tokens=50, ignore_eos=True))
+        eng.step()
+        worker = eng._driver.workers.procs[1]
+        worker.kill()
+        worker.join()
+        with pytest.raises(TPWorkerError, match=r"^rank 1: killed by SIGKILL"):
+            while eng.has_unfinished():
+                eng.step()
+    finally:
+        eng.close()
+    assert not worker.is_alive()
+
+
+def test_bad_tp_is_refused_before_loading():
+    with pytest.raises(EngineConfigError, match="attention heads 4 do not divide over tp 3"):
+        LLMEngine(_cfg("tiny-llama-micro", tp=3))
+    with pytest.raises(EngineConfigError, match="not implemented"):
+        LLMEngine(_cfg("tiny-llama-micro", tp=2, allreduce="fused-rmsnorm"))
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-micro", "qwen2-7b"])
+def test_shard_loader_at_tp1_is_random_weights(name):
+    """random_shard_weights draws in random_weights's order: at TP 1 it is the same model, tensor for tensor
+    (a change of draw order in either breaks TP1 = TPN for random weights; this catches it)."""
+    import dataclasses
+
+    from engine.models.sharding import random_shard_weights
+    from engine.models.weights import random_weights
+    from engine.presets import get_preset
+    from engine.sizing import shard_shapes
+
+    cfg = get_preset(name)
+    if name == "qwen2-7b":  # qkv bias and Qwen2's vocabulary, at a size a CPU test can hold
+        cfg = dataclasses.replace(cfg, vocab_size=1000, hidden_size=64, intermediate_size=96, num_layers=2,
+                                  num_heads=4, num_kv_heads=2, head_dim=16)
+    full = random_weights(cfg, torch.device("cpu"), torch.float32, 5)
+    shard = random_shard_weights(cfg, shard_shapes(cfg, 1), torch.device("cpu"), torch.float32, 5)
+    for a, b in zip(full._tensors(), shard._tensors(), strict=True):
+        assert torch.equal(a, b)
+
+
+
+def test_a_failed_build_leaves_no_process_behind():
+    import multiprocessing
+
+    with pytest.raises(EngineConfigError, match="no memory left for the KV cache"):
+        LLMEngine(_cfg("tiny-llama-micro", tp=2, num_kv_blocks=0))
+    assert not multiprocessing.active_children()
+    import os
+
+    assert "RANK" not in os.environ  # a later engine in this process starts afresh
