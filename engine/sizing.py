@@ -51,6 +51,10 @@ def check_tp(cfg: ModelConfig, tp: int) -> None:
     for what, n in (("attention heads", cfg.num_heads), ("intermediate size", cfg.intermediate_size)):
         if n % tp:
             raise EngineConfigError(f"{cfg.name}: {what} {n} do not divide over tp {tp}")
+    for field in ("o_bias", "mlp_bias"):  # a row-parallel layer's bias must be added once, after the all-reduce
+        if tp > 1 and getattr(cfg, field, False):
+            raise EngineConfigError(f"{cfg.name}: field '{field}' = true is not implemented under tensor "
+                                    f"parallelism (tp {tp}); run it at tp 1")
     if cfg.num_kv_heads % tp and tp % cfg.num_kv_heads:
         raise EngineConfigError(f"{cfg.name}: {cfg.num_kv_heads} KV heads neither divide over nor replicate "
                                 f"evenly to tp {tp}")

@@ -106,10 +106,12 @@ def load_hf_shard(path: str | Path, cfg: ModelConfig, s: ShardShapes, device, dt
             for name in sf.keys():
                 where[name.removeprefix("model.")] = (f, name)
     handles: dict[Path, object] = {}
+    used: set[str] = set()  # every tensor must be taken (check_tensors below), as load_hf_weights does at tp 1
 
     def sl(name: str):
         if name not in where:
             raise EngineConfigError(f"{path}: checkpoint has no tensor '{name}'")
+        used.add(name)
         f, key = where[name]
         if f not in handles:
             handles[f] = safe_open(str(f), framework="pt", device="cpu")
@@ -152,6 +154,16 @@ def load_hf_shard(path: str | Path, cfg: ModelConfig, s: ShardShapes, device, dt
             part = torch.cat([part, pad])
         return part
 
+    from engine.checkpoint import check_tensors
+
     embed = vocab("embed_tokens.weight")
-    lm_head = embed if cfg.tie_word_embeddings or "lm_head.weight" not in where else vocab("lm_head.weight")
-    return ModelWeights(embed=embed, layers=layers, final_norm=rows("norm.weight"), lm_head=lm_head)
+    if cfg.tie_word_embeddings:
+        lm_head = embed
+        if "lm_head.weight" in where and not torch.equal(vocab("lm_head.weight"), embed):
+            raise EngineConfigError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from "
+                                    "embed_tokens.weight")
+    else:
+        lm_head = vocab("lm_head.weight")  # an untied model without its lm_head is refused, never tied silently
+    weights = ModelWeights(embed=embed, layers=layers, final_norm=rows("norm.weight"), lm_head=lm_head)
+    check_tensors(path, {name: key for name, (_, key) in where.items()}, used)
+    return weights
