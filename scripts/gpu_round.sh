@@ -24,7 +24,7 @@ for step in "$@"; do
         tests/test_kernels_ops.py > "$log" 2>&1; rc=$? ;;
     enginetests)  # every gpu-marked engine and profile test
       python -m pytest -q -p no:cacheprovider -m gpu tests/test_engine_gpu.py tests/test_engine_window_gpu.py \
-        tests/test_engine_fp8_kv.py tests/test_profile_gpu.py tests/test_profile_power.py > "$log" 2>&1; rc=$? ;;
+        tests/test_engine_fp8_kv.py tests/test_profile_gpu.py tests/test_profile_power.py tests/test_tp_gpu.py > "$log" 2>&1; rc=$? ;;
     power)
       python -m nanotune profile --model llama-3-8b --quick --power-only --out "$POWER" --no-progress \
         > "$log" 2>&1; rc=$?
@@ -38,6 +38,13 @@ for step in "$@"; do
       tar czf "$OUT/bound.tgz" -C "$OUT" power-bound && rm -rf "$OUT/power-bound" ;;
     tma)
       python scripts/decode_tma_check.py --out "$OUT/decode_tma_check.json" > "$log" 2>&1; rc=$? ;;
+    tp1)  # TP1 through the tensor-parallel code: throughput on constant 1024/512 (issue 15)
+      python scripts/tp_bench.py --model llama-3-8b --tp 1 --plans sequential --traces constant:1024:512 -n 900 \
+        --op-requests 32 --collectives '' --out "$OUT/tp1" > "$log" 2>&1; rc=$?
+      tar czf "$OUT/tp1.tgz" -C "$OUT" tp1 && rm -rf "$OUT/tp1" ;;
+    serve)  # nanotune serve + bench --endpoint against the in-process bench, one rate sweep (issue 17)
+      python scripts/serve_vs_inprocess.py --out "$OUT/serve" > "$log" 2>&1; rc=$?
+      tar czf "$OUT/serve.tgz" -C "$OUT" serve && rm -rf "$OUT/serve" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
   echo "$step: exit $rc after $(( $(date +%s) - start )) s"
