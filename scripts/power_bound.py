@@ -159,7 +159,7 @@ def run(args) -> dict:
             out["kv"][kv] = {"available": False, "why": why_fp8}
             print(f"KV {kv}: {why_fp8}", flush=True)
             continue
-        extra = {"kv_cache_dtype": kv} if has_fp8 else {}
+        extra = {"kv_cache_dtype": {"bf16": "bfloat16"}.get(kv, kv)} if has_fp8 else {}  # the engine's name
         engine = LLMEngine(EngineConfig(model=args.model, device=args.device, seed=args.seed, **extra))
         num_sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else None
         plans = [resolve_plan(p, num_sms) for p in args.plans.split(",")]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from nanotune.errors import UserError
 from nanotune.results.bound import (
-    KV_DTYPE_BYTES,
     BoundUnavailable,
     Rates,
     bound_block,
+    kv_dtype_bytes,
     rates_from_profile,
     workload_work,
 )
@@ -29,7 +29,7 @@ class BoundSetup:
         """The bound of these (prompt, output) requests (results.bound.bound_block), or None."""
         if self.rates is None or self.shard is None or not lengths:
             return None
-        return bound_block(workload_work(lengths), self.shard, self.rates, KV_DTYPE_BYTES.get(self.kv_dtype, 2))
+        return bound_block(workload_work(lengths), self.shard, self.rates, kv_dtype_bytes(self.kv_dtype))
 
     def describe(self) -> dict:
         return {"source": self.rates.source if self.rates else None, "kv_dtype": self.kv_dtype, "why": self.why}

@@ -32,7 +32,13 @@ from dataclasses import asdict, dataclass
 
 from nanotune.profile.ops import GEMM_OPS, MEMORY_OPS, Shard, attention_flops, gemm_cost, memory_cost
 
-KV_DTYPE_BYTES = {"auto": 2, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp8": 1}
+
+def kv_dtype_bytes(kv_dtype: str, model_dtype_bytes: int = 2) -> int:
+    """Bytes per K/V element of a KV cache dtype (the engine's names, plus the short bf16/fp16), through the
+    engine's owner of the figure."""
+    from engine.config import kv_cache_dtype_bytes
+
+    return kv_cache_dtype_bytes({"bf16": "bfloat16", "fp16": "float16"}.get(kv_dtype, kv_dtype), model_dtype_bytes)
 
 
 class BoundUnavailable(ValueError):
