@@ -43,8 +43,21 @@ for step in "$@"; do
         --op-requests 32 --collectives '' --out "$OUT/tp1" > "$log" 2>&1; rc=$?
       tar czf "$OUT/tp1.tgz" -C "$OUT" tp1 && rm -rf "$OUT/tp1" ;;
     serve)  # nanotune serve + bench --endpoint against the in-process bench, one rate sweep (issue 17)
-      python scripts/serve_vs_inprocess.py --out "$OUT/serve" > "$log" 2>&1; rc=$?
+      python scripts/serve_vs_inprocess.py ${SERVE_ARGS:-} --out "$OUT/serve" > "$log" 2>&1; rc=$?
       tar czf "$OUT/serve.tgz" -C "$OUT" serve && rm -rf "$OUT/serve" ;;
+    regress)  # this tree against the session's starting commit (extracted into .old/, carried), same machine, same
+      # call, interleaved old / new / old: constant 1024/512, 900 requests, sequential plan
+      mkdir -p "$OUT/regress"
+      for who in old new old2; do
+        if [ "$who" = new ]; then dir=.; spec=(--trace constant:1024:512); else dir=.old; spec=(--trace constant --input-len 1024 --output-len 512); fi
+        (cd "$dir" && PYTHONPATH=$PWD python -m nanotune bench "${spec[@]}" -n 900 --engine sequential --no-progress \
+          --results-dir "$OUT/regress/$who") >> "$log" 2>&1; rc=$?
+      done
+      tar czf "$OUT/regress.tgz" -C "$OUT" regress && rm -rf "$OUT/regress" ;;
+    tp2profile)  # the llama-3-70b TP2 shard's ops on one GPU (the performance model's input for issue 19)
+      python -m nanotune profile --model llama-3-70b --tp 2 --quick --no-progress \
+        --out "$REF/profile-llama-3-70b-tp2.json" > "$log" 2>&1; rc=$?
+      tar czf "$OUT/tp2profile.tgz" "$REF"/profile-llama-3-70b-tp2* ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
   echo "$step: exit $rc after $(( $(date +%s) - start )) s"
