@@ -37,6 +37,8 @@ class BenchConfig:
     peak_tflops: float | None = None  # given instead of measured
     vocab_size: int | None = None  # endpoint: range of the random prompt ids (default: the preset's)
     num_params: float | None = None  # endpoint: parameters per GPU, for the optimum (default: the preset's)
+    num_kv_blocks: int | None = None  # in-process engine: KV-cache blocks (None: sized from free memory)
+    kv_overcommit: float | None = None  # in-process engine: admission overcommit (None: the engine's default)
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -69,4 +71,9 @@ class BenchConfig:
         return "online" if rate is not None or self.mode == "online" else "offline"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        from nanotune.results.rates import rate_json
+
+        d = asdict(self)
+        d["request_rate"] = rate_json(d["request_rate"])
+        d["sweep_rates"] = [rate_json(r) for r in d["sweep_rates"]] if d["sweep_rates"] else d["sweep_rates"]
+        return d

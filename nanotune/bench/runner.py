@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from nanotune.bench.backends.base import Backend
 from nanotune.bench.config import BenchConfig
 from nanotune.bench.driver import Progress, drive
+from nanotune.bench.failures import failure_reasons
 from nanotune.bench.metrics import compute_metrics
+from nanotune.bench.records import FAILED, INTERRUPTED, NOT_SENT, RequestRecord
 from nanotune.bench.requests import build_requests, warmup_requests
 from nanotune.bench.stats import aggregate_runs
 from nanotune.results.peak import PeakFlops
+from nanotune.results.rates import rate_json
 
 SCHEMA = "nanotune.bench/1"
 
@@ -72,17 +75,26 @@ def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
     if warm:
         on_phase(f"warm-up ({len(warm)} requests, not counted)")
         ph = drive(backend, warm, on_progress=on_progress)
-        warmup = {"num_requests": len(warm), "failed": sum(not r.is_ok for r in ph.records),
-                  "duration": ph.duration}
+        # failed = the backend reported an error; a warm-up cut short by a signal did not fail
+        warmup = {"num_requests": len(warm), "failed": sum(r.status == FAILED for r in ph.records),
+                  "interrupted": sum(r.status in (INTERRUPTED, NOT_SENT) for r in ph.records),
+                  "errors": failure_reasons(ph.records), "duration": ph.duration}
         if ph.is_partial:
             is_partial, is_interrupted, error = True, ph.is_interrupted, ph.error
 
     points, rows = [], []
+    if is_partial:  # stopped in the warm-up: every measured request is listed, as not sent
+        rate = cfg.rates[0]
+        rows = [{"request_rate": rate, "repeat": 0, **RequestRecord.for_request(r).to_row()} for r in base]
     for rate in cfg.rates:
         if is_partial:
             break
         mode = cfg.mode_for(rate)
-        requests = base if mode == "offline" else build(mode, rate)
+        try:
+            requests = base if mode == "offline" else build(mode, rate)
+        except KeyboardInterrupt:  # a signal between phases: stop with what is measured
+            is_partial = is_interrupted = True
+            break
         runs = []
         for rep in range(cfg.repeat):
             what = f"rate {rate:g} req/s" if rate is not None else mode
@@ -107,6 +119,11 @@ def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
         sweep = {"rates": list(cfg.sweep_rates), "slos": cfg.slos, "slo_attainment": cfg.slo_attainment,
                  "best_rate": best}
         headline = next((p for p in points if p["request_rate"] == best), headline)
+    for p in points:
+        p["request_rate"] = rate_json(p["request_rate"])
+    if sweep:
+        sweep["rates"] = [rate_json(r) for r in sweep["rates"]]
+        sweep["best_rate"] = rate_json(sweep["best_rate"])
     engine = backend.describe()
     engine["final_stats"] = backend.stats()
     result = {
@@ -117,6 +134,7 @@ def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
         "metrics": headline["metrics"] if headline else compute_metrics([], 0.0),
         "metrics_ci95": headline["metrics_ci95"] if headline else None,
         "request_rate": headline["request_rate"] if headline else None,
+        "failures": failure_reasons(rows),
         "points": points, "sweep": sweep, "definitions": DEFINITIONS,
     }
     return BenchOutcome(result=result, rows=rows)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import click
 
+from nanotune.cli.options import SEED, FiniteFloat, check_requests_fit
 from nanotune.errors import UserError
 
 
@@ -26,20 +27,20 @@ from nanotune.errors import UserError
               help="sharegpt, lmsys, splitwise, constant:IN:OUT, random:IN:OUT, or a trace file.")
 @click.option("-n", "--num-requests", type=click.IntRange(min=1),
               help="Requests drawn for the workload's statistics [default: 2000; a file: all].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and the workload.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the sampler and the workload.")
 @click.option("--objective", type=click.Choice(["throughput", "latency", "both"]), default="throughput",
               show_default=True, help="both: a Pareto front of throughput and TPOT (NSGA-II).")
-@click.option("--tpot-limit", type=click.FloatRange(min=0, min_open=True), metavar="MS",
+@click.option("--tpot-limit", type=FiniteFloat(min=0, min_open=True), metavar="MS",
               help="Plans whose predicted TPOT exceeds this are infeasible.")
 @click.option("--n-trials", type=click.IntRange(min=1), help="Trials to run [default: 100 unless --timeout].")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds.")
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), metavar="S", help="Stop after S seconds.")
 @click.option("--study", "study_name", help="Study name [default: model, workload, objective and time].")
 @click.option("--storage", metavar="URL", help="Optuna RDB URL [default: sqlite:///results/search/<study>.db].")
 @click.option("--resume", is_flag=True, help="Continue the study named by --study.")
 @click.option("--max-num-seqs", type=click.IntRange(min=1),
               help="Fix the engine's decode batch cap [default: searched over 128..1024].")
-@click.option("--gpu-memory-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True)
-@click.option("--gpu-memory-gib", type=click.FloatRange(min=0, min_open=True),
+@click.option("--gpu-memory-fraction", type=FiniteFloat(0, 1, min_open=True), default=0.9, show_default=True)
+@click.option("--gpu-memory-gib", type=FiniteFloat(min=0, min_open=True, max=2**20),
               help="Card memory, when the profile's GPU is not one nanotune knows.")
 @click.option("--composition", type=click.Choice(["steady", "replay"]), default="steady", show_default=True,
               help="Batch composition: the workload's steady state, or the scheduler replayed over the trace.")
@@ -56,6 +57,7 @@ def command(**o):
     from nanotune.console import console, err_console
     from nanotune.search.run import SearchConfig, search
 
+    check_requests_fit(o["num_requests"], 256)
     if o["resume"] and not o["study_name"]:
         raise UserError("--resume needs --study NAME (the study to continue)")
     cfg = SearchConfig(

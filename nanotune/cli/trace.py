@@ -21,6 +21,8 @@ from pathlib import Path
 
 import click
 
+from nanotune.cli.options import MAX_LEN, SEED, FiniteFloat, check_requests_fit
+
 from nanotune.console import console, err_console
 from nanotune.errors import UserError
 
@@ -51,7 +53,7 @@ REFERENCE_DRAWS = 100_000
     type=click.IntRange(min=0),
     help=f"Requests to generate (default {DEFAULT_NUM_REQUESTS}) or to keep from a file (default all).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of lengths and arrivals.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of lengths and arrivals.")
 @click.option(
     "--filter",
     "filter_spec",
@@ -66,16 +68,16 @@ REFERENCE_DRAWS = 100_000
     help="Arrivals per second (Poisson, gamma with --burstiness); 'measured' "
     "uses the source's real rate and CV; 'inf' means offline.",
 )
-@click.option("--burstiness", type=float, help="Gamma shape of inter-arrival gaps: 1 Poisson, <1 burstier.")
-@click.option("--time-scale", type=float, help="Replay the file's timestamps multiplied by this factor.")
+@click.option("--burstiness", type=FiniteFloat(min=0, min_open=True), help="Gamma shape of inter-arrival gaps: 1 Poisson, <1 burstier.")
+@click.option("--time-scale", type=FiniteFloat(min=0, min_open=True), help="Replay the file's timestamps multiplied by this factor.")
 @click.option("--offline", is_flag=True, help="All requests at t=0, even if the file has timestamps.")
 @click.option(
-    "--input-len", type=click.IntRange(min=1), help="constant/random: prompt length (default 1024)."
+    "--input-len", type=click.IntRange(1, MAX_LEN), help="constant/random: prompt length (default 1024)."
 )
 @click.option(
-    "--output-len", type=click.IntRange(min=1), help="constant/random: output length (default 512)."
+    "--output-len", type=click.IntRange(1, MAX_LEN), help="constant/random: output length (default 512)."
 )
-@click.option("--range-ratio", type=float, help="random: spread of lengths, see --range-style (default 0).")
+@click.option("--range-ratio", type=FiniteFloat(0, 1), help="random: spread of lengths, see --range-style (default 0).")
 @click.option(
     "--range-style",
     type=click.Choice(["vllm", "sglang"]),
@@ -155,6 +157,7 @@ def command(
         if tokenizer is not None:
             raise UserError("--tokenizer applies to files with text, not to --dataset")
         n = DEFAULT_NUM_REQUESTS if num_requests is None else num_requests
+        check_requests_fit(n, input_len or 256)
         trace = workloads.generate(dataset, n, seed, filter=filter_spec, **gen_params)
         measured = workloads.measured_arrivals(dataset)
     else:

@@ -1,0 +1,42 @@
+"""What `nanotune bench` checks and sets on the machine before anything heavy starts: requests and model fit
+in memory, a plan tuned for another model, torch's CPU threads. Lines go to stderr; refusals are UserErrors."""
+
+from __future__ import annotations
+
+from nanotune.cli import checks
+from nanotune.cli.options import check_model_fits, check_requests_fit, cpu_threads
+from nanotune.errors import UserError
+
+# A guess of the mean prompt length when the trace is not generated yet (ShareGPT's is about 300 tokens):
+# only used to refuse request counts that cannot fit in memory at any plausible length.
+TYPICAL_PROMPT_LEN = 256
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
+
+
+def dtype_bytes(dtype: str | None, device: str) -> int:
+    if dtype in (None, "auto"):
+        return 4 if device == "cpu" else 2  # the engine's auto: fp32 on CPU, bf16 on CUDA
+    if dtype not in DTYPE_BYTES:
+        raise UserError(f"--dtype '{dtype}': expected auto, bfloat16, float16 or float32")
+    return DTYPE_BYTES[dtype]
+
+
+def prepare_bench(o: dict, engine: str, device: str, model: str | None, num_requests: int | None) -> None:
+    from nanotune.console import err_console
+
+    check_requests_fit(num_requests, o.get("input_len") or TYPICAL_PROMPT_LEN)
+    if engine == "endpoint":
+        return
+    from engine.presets import get_preset
+
+    preset = get_preset(model)  # an unknown name: EngineConfigError -> one line, exit 2
+    check_model_fits(preset, device, dtype_bytes(o.get("dtype"), device))
+    if (note := checks.plan_model_warning(o.get("plan"), preset.name)) is not None:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    if device == "cpu":
+        import torch
+
+        threads, note = cpu_threads(o.get("threads"))
+        torch.set_num_threads(threads)
+        if note:
+            err_console.print(f"[dim]{note}[/]", highlight=False)
