@@ -16,8 +16,8 @@ from nanotune.bench.signals import StopSignals
 from nanotune.bench.view import LiveView
 from nanotune.errors import UserError
 from nanotune.results import environment
-from nanotune.results.rundir import discard_if_empty, open_run_dir
 from nanotune.results.peak import PeakFlops, given_peak, peak_flops
+from nanotune.results.rundir import discard_if_empty, open_run_dir
 
 TRACE_SUFFIXES = (".jsonl", ".json", ".csv", ".gz")
 

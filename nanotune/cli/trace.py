@@ -22,7 +22,6 @@ from pathlib import Path
 import click
 
 from nanotune.cli.options import MAX_LEN, SEED, FiniteFloat, check_requests_fit
-
 from nanotune.console import console, err_console
 from nanotune.errors import UserError
 
@@ -68,8 +67,10 @@ REFERENCE_DRAWS = 100_000
     help="Arrivals per second (Poisson, gamma with --burstiness); 'measured' "
     "uses the source's real rate and CV; 'inf' means offline.",
 )
-@click.option("--burstiness", type=FiniteFloat(min=0, min_open=True), help="Gamma shape of inter-arrival gaps: 1 Poisson, <1 burstier.")
-@click.option("--time-scale", type=FiniteFloat(min=0, min_open=True), help="Replay the file's timestamps multiplied by this factor.")
+@click.option("--burstiness", type=FiniteFloat(min=0, min_open=True),
+              help="Gamma shape of inter-arrival gaps: 1 Poisson, <1 burstier.")
+@click.option("--time-scale", type=FiniteFloat(min=0, min_open=True),
+              help="Replay the file's timestamps multiplied by this factor.")
 @click.option("--offline", is_flag=True, help="All requests at t=0, even if the file has timestamps.")
 @click.option(
     "--input-len", type=click.IntRange(1, MAX_LEN), help="constant/random: prompt length (default 1024)."
