@@ -292,8 +292,12 @@ def _plot(trace, ref_trace, path, ref_label):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, side in zip(axes, ("prompt_lens", "output_lens"), strict=True):
+    arrivals = np.asarray([float(r.arrival_s) for r in trace.requests])
+    timed = bool(len(arrivals)) and bool(arrivals.max() > 0)
+    fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 3.8))
+    if timed:  # --rate/--burstiness or a file's timestamps: requests per second over the trace
+        _arrival_panel(axes[2], np.sort(arrivals), trace.meta.get("arrivals") or {})
+    for ax, side in zip(axes[:2], ("prompt_lens", "output_lens"), strict=True):
         values = getattr(trace, side)
         ref = getattr(ref_trace, side) if ref_trace is not None else np.zeros(0)
         top = max(int(values.max()) if len(values) else 1, int(ref.max()) if len(ref) else 1, 2)
@@ -307,8 +311,37 @@ def _plot(trace, ref_trace, path, ref_label):
         ax.set_xlabel(side.replace("_lens", " length (tokens)"))
         ax.set_ylabel("fraction of requests")
         ax.legend(fontsize=8)
-    fig.suptitle(str(trace.meta.get("source", "trace")), fontsize=9)
+    fig.suptitle(plot_title(trace.meta), fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_title(meta: dict) -> str:
+    """The trace's source, and its filter when one was applied. A generator's source names its calibration
+    data "(unfiltered)": that describes the data, not this trace, so it is dropped from a filtered trace."""
+    source = str(meta.get("source", "trace"))
+    spec = (meta.get("filter") or {}).get("spec") if isinstance(meta.get("filter"), dict) else meta.get("filter")
+    if not spec or spec == "none":
+        return source
+    f = meta["filter"] if isinstance(meta.get("filter"), dict) else {}
+    dropped = f", {f['dropped']:,} dropped" if f.get("dropped") else ""
+    return f"{source.replace(' (unfiltered)', '')}; filter {spec}{dropped}"
+
+
+def _arrival_panel(ax, arrivals, info: dict) -> None:
+    """Requests per second (1 s bins, or 50 bins over a long trace) against time."""
+    import numpy as np
+
+    span = float(arrivals[-1])
+    width = max(1.0, span / 50)
+    bins = np.arange(0.0, span + width, width)
+    counts, edges = np.histogram(arrivals, bins=bins)
+    ax.step(edges[:-1], counts / width, where="post")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("arrivals per second")
+    rate, burst = info.get("rate"), info.get("burstiness")
+    what = ", ".join(x for x in (f"rate {rate:g}/s" if isinstance(rate, (int, float)) else "",
+                                 f"burstiness {burst:g}" if isinstance(burst, (int, float)) else "") if x)
+    ax.set_title(f"arrivals ({what})" if what else "arrivals", fontsize=9)
