@@ -39,7 +39,7 @@ def exit_status(result: dict) -> int:
     """What the run's exit status should be (see the module docstring)."""
     import signal
 
-    from nanotune.bench.signals import EXIT_CODES
+    from nanotune.signals import EXIT_CODES
 
     if result.get("error"):
         return EXIT_FAILED

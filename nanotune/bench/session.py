@@ -12,7 +12,7 @@ from nanotune.bench.backends.base import Backend
 from nanotune.bench.config import BenchConfig
 from nanotune.bench.output import write_bench_run
 from nanotune.bench.runner import run_bench
-from nanotune.bench.signals import StopSignals
+from nanotune.signals import StopSignals
 from nanotune.bench.view import LiveView
 from nanotune.errors import UserError
 from nanotune.results import environment
@@ -62,6 +62,10 @@ def measure_peak(cfg: BenchConfig) -> PeakFlops | None:
         import torch
 
         return peak_flops("cuda") if torch.cuda.is_available() else None
+    if cfg.device == "cpu":
+        from nanotune.results.cpu_peak import cpu_peak
+
+        return cpu_peak()  # measured once per machine: CPU results stay comparable
     return peak_flops(cfg.device)
 
 

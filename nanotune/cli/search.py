@@ -60,6 +60,10 @@ def command(**o):
     check_requests_fit(o["num_requests"], 256)
     if o["resume"] and not o["study_name"]:
         raise UserError("--resume needs --study NAME (the study to continue)")
+    from nanotune.search.guard import check_study_name
+
+    check_study_name(o["study_name"])
+    _reference_without_gpu(o, lambda msg: err_console.print(msg, highlight=False, soft_wrap=True))
     cfg = SearchConfig(
         model=o["model"], tp=o["tp"], gpu=o["gpu"], profile=o["profile_path"], workload=o["workload"],
         num_requests=o["num_requests"], seed=o["seed"], objective=o["objective"], tpot_limit_ms=o["tpot_limit"],
@@ -74,10 +78,43 @@ def command(**o):
     if v.get("iteration_mape") is not None:
         console.print(f"model error (MAPE) on {len(v['plans'])} plans: iteration time {v['iteration_mape']:.1%}, "
                       f"throughput {v['throughput_mape']:.1%}", highlight=False)
+    from nanotune.search.show import front_table, important_notes
+
+    if (front := front_table(result)) is not None:
+        console.print(front)
+    for note in important_notes(result):
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     st = result["study"]
-    console.print(f"study '{st['name']}': {st['num_trials']} trials ({st['num_pruned']} pruned) in {st['storage']}; "
-                  f"continue with --study {st['name']} --resume", highlight=False)
-    console.print(f"wrote {run_dir / 'plan.json'} and {run_dir / 'result.json'}", highlight=False)
+    console.print(f"study '{st['name']}': {st['num_trials']} trials ({st['num_pruned']} pruned) in {st['storage']}",
+                  highlight=False, soft_wrap=True)
+    console.print(f"continue it with: {result['resume_command']}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {run_dir / 'plan.json'} and {run_dir / 'result.json'}", highlight=False, soft_wrap=True)
+    if result.get("partial"):
+        err_console.print(f"[yellow]{result['signal']}: the search stopped early; the result holds the trials it "
+                          "finished (marked partial)[/]", highlight=False)
+        raise SystemExit(130 if result["signal"] == "SIGINT" else 143)
+
+
+def _reference_without_gpu(o: dict, log) -> None:
+    """No --gpu, no --profile and no GPU here: take the newest committed reference profile of the model that
+    fits (at --tp when given) instead of stopping, and say so in one line."""
+    if o["gpu"] or o["profile_path"]:
+        return
+    from nanotune.search.validate import gpu_available
+
+    if gpu_available():
+        return
+    from nanotune.cli.checks import given
+    from nanotune.search.reference import pick_reference
+    from nanotune.search.resolve import resolve_model
+
+    model, _ = resolve_model(o["model"] or "llama-3-8b")
+    ref = pick_reference(model, o["tp"] if given("tp") else None, o["results_dir"])
+    if ref is None:
+        return  # find_profile's error lists the profiles there are
+    o["gpu"], o["tp"], o["model"] = ref.gpu, ref.tp, model
+    log(f"no GPU here: using the reference profile of {model} at TP {ref.tp} on {ref.gpu} ({ref.path}; "
+        f"{ref.created[:10]}); --gpu/--tp/--profile choose another")
 
 
 def _table(result: dict):
@@ -86,8 +123,11 @@ def _table(result: dict):
     v = {r["label"]: r for r in (result.get("validation") or {}).get("plans", [])}
     t = Table(title=f"{result['model']} TP {result['tp']} on {result['profile']['gpu']}, "
                     f"{result['workload']['label']} (predicted{', measured' if v else ''})")
-    for col in ("plan", "dense batch", "max seqs", "decode seqs", "TPOT ms", "tok/s"):
-        t.add_column(col, justify="right" if col != "plan" else "left")
+    from nanotune.search.show import throughput_header
+
+    t.add_column("plan", no_wrap=True)  # a plan name cut short names another plan
+    for col in ("dense batch", "max seqs", "decode seqs", "TPOT ms", throughput_header(result["tp"])):
+        t.add_column(col, justify="right")
     if v:
         t.add_column("measured tok/s", justify="right")
     seq = result["baselines"].get("sequential", {}).get("total_token_throughput")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import signal
 import threading
 
+import click
+
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report it
 
 
@@ -42,3 +44,18 @@ class StopSignals:
     def exit_code(self) -> int:
         """130 after SIGINT, 143 after SIGTERM (the first signal decides), 0 when none came."""
         return EXIT_CODES.get(self.received[0], 130) if self.received else 0
+
+
+class Interrupted(click.ClickException):
+    """Stopped by a signal before there was anything to write: one line, exit 130 (SIGINT) / 143 (SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        from rich.markup import escape
+
+        from nanotune.console import err_console
+
+        err_console.print(f"[yellow]{escape(self.format_message())}[/]", highlight=False, soft_wrap=True)
