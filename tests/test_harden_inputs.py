@@ -2,6 +2,7 @@
 
 import json
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -81,7 +82,7 @@ def test_bench_cuda_device_without_gpu(device, tmp_path):
 
 
 def test_device_names_checked():
-    with pytest.raises(Exception, match="expected cpu, cuda or cuda:N"):
+    with pytest.raises(click.ClickException, match="expected cpu, cuda or cuda:N"):
         checks.check_device("tpu")
 
 
@@ -129,11 +130,11 @@ def test_finite_float_and_rates():
     t = options.FiniteFloat(0, 1, min_open=True)
     assert t.convert("0.5", None, None) == 0.5
     for bad in ("nan", "inf", "-inf", "0", "1.5", "x"):
-        with pytest.raises(Exception):
+        with pytest.raises(click.BadParameter):
             t.convert(bad, None, None)
     r = options.rate_type()
     assert r.convert("inf", None, None) == float("inf") and r.convert("2", None, None) == 2.0
-    with pytest.raises(Exception):
+    with pytest.raises(click.BadParameter):
         r.convert("-inf", None, None)
 
 

@@ -12,12 +12,12 @@ from nanotune.bench.backends.base import Backend
 from nanotune.bench.config import BenchConfig
 from nanotune.bench.output import write_bench_run
 from nanotune.bench.runner import run_bench
-from nanotune.signals import StopSignals
 from nanotune.bench.view import LiveView
 from nanotune.errors import UserError
 from nanotune.results import environment
 from nanotune.results.peak import PeakFlops, given_peak, peak_flops
 from nanotune.results.rundir import discard_if_empty, open_run_dir
+from nanotune.signals import StopSignals
 
 TRACE_SUFFIXES = (".jsonl", ".json", ".csv", ".gz")
 
