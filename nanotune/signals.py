@@ -5,6 +5,7 @@ cannot be cut short. SIGKILL cannot be caught: the atomic writes keep result.jso
 
 from __future__ import annotations
 
+import atexit
 import signal
 import threading
 
@@ -59,3 +60,21 @@ class Interrupted(click.ClickException):
         from nanotune.console import err_console
 
         err_console.print(f"[yellow]{escape(self.format_message())}[/]", highlight=False, soft_wrap=True)
+
+
+def ignore_further() -> None:
+    """The run is written: a late SIGINT/SIGTERM while the tables print must not turn a saved run into a
+    process killed by a signal (the exit status already says it was stopped). Called by a CLI command after
+    writing; the old handlers come back when the command's click context closes."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in EXIT_CODES}
+    atexit.register(_ignore_at_exit)  # runs before torch's own exit hooks (registered earlier, run later)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(lambda: [signal.signal(sig, h) for sig, h in old.items()])
+
+
+def _ignore_at_exit() -> None:
+    for sig in EXIT_CODES:
+        signal.signal(sig, signal.SIG_IGN)

@@ -21,9 +21,16 @@ def _get(r, key):
 
 def failure_reasons(records) -> dict[str, int]:
     """error message -> how many requests failed with it, most common first (records or CSV rows)."""
-    c = Counter(str(_get(r, "error") or "no error message")[:MAX_REASON_CHARS]
-                for r in records if _get(r, "status") == FAILED)
+    c = Counter(_reason(r) for r in records if _get(r, "status") == FAILED)
     return dict(c.most_common())
+
+
+def _reason(r) -> str:
+    """The error without the request's own id, so one cause failing many requests is counted once."""
+    why, rid = str(_get(r, "error") or "no error message"), str(_get(r, "request_id") or "")
+    if rid:
+        why = why.replace(f"request {rid}: ", "").replace(rid, "<request>")
+    return why[:MAX_REASON_CHARS]
 
 
 def reasons_line(reasons: dict[str, int], limit: int = 3) -> str:

@@ -141,6 +141,9 @@ def command(**o):
         trace_params["filter"] = o["trace_filter"]
     result, run_dir = bench(cfg, results_dir=o["results_dir"], progress=not o["no_progress"],
                             trace_params=trace_params)
+    from nanotune.signals import ignore_further
+
+    ignore_further()  # written: late signals must not kill the process while it prints
 
     console.print(summary_table(result))
     if (table := sweep_table(result)) is not None:

@@ -73,6 +73,9 @@ def command(**o):
         gpu_memory_gib=o["gpu_memory_gib"], composition=o["composition"], validate=o["validate_k"],
         validate_requests=o["validate_requests"], results_dir=o["results_dir"], progress=not o["no_progress"])
     result, run_dir = search(cfg, log=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False))
+    from nanotune.signals import ignore_further
+
+    ignore_further()  # written: late signals must not kill the process while it prints
     console.print(_table(result))
     v = result.get("validation") or {}
     if v.get("iteration_mape") is not None:

@@ -61,6 +61,13 @@ def throughput_bars(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
+def efficiency_title(rows: list[dict]) -> str:
+    """The hatching is explained only where hatched (published, --anchors) bars are drawn."""
+    if any(r.get("is_anchor") for r in rows):
+        return "efficiency (hatched: published, other hardware)"
+    return "efficiency"
+
+
 def efficiency_bars(rows: list[dict], path: Path) -> Path | None:
     """% of optimal for local runs and published anchors (hatched: other hardware)."""
     have = [r for r in rows if _num(r.get("efficiency")) is not None]
@@ -76,8 +83,7 @@ def efficiency_bars(rows: list[dict], path: Path) -> Path | None:
                     va="bottom", fontsize=8)
     ax.set_xticks(range(len(have)), [_label(r) for r in have], fontsize=7)
     ax.set_ylabel("% of optimal throughput")
-    has_anchor = any(r.get("is_anchor") for r in have)
-    ax.set_title("efficiency (hatched: published, other hardware)" if has_anchor else "efficiency")
+    ax.set_title(efficiency_title(have))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
