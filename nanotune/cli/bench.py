@@ -149,7 +149,7 @@ def command(**o):
     if (table := sweep_table(result)) is not None:
         console.print(table)
     if result["peak"]:
-        console.print(f"[dim]peak: {result['peak']['label']} = {result['peak']['tflops']:,.1f} TFLOP/s[/]")
+        console.print(f"[dim]peak: {result['peak']['label']} = {result['peak']['tflops']:,.3g} TFLOP/s[/]")
     console.print(f"wrote {run_dir / 'result.json'} and {run_dir / 'requests.csv'}", highlight=False)
     from nanotune.bench.failures import exit_status, reasons_line
 
