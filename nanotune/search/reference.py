@@ -12,7 +12,6 @@ from pathlib import Path
 from nanotune.results import results_root
 
 PACKAGE_REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"
-REPO_REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference"
 _NAME = re.compile(r"profile-(?P<model>.+)-tp(?P<tp>\d+)\.json")
 WEIGHT_BYTES = 2  # bf16 weights: what the reference profiles were measured with
 
@@ -31,8 +30,11 @@ class Reference:
 
 def reference_dirs(results_dir: str | None = None) -> list[Path]:
     """The results root's reference/ (a user's own profiles), then this checkout's, then the package's."""
+    from nanotune.search import resolve
+
     out: list[Path] = []
-    for d in (results_root(results_dir) / "reference", REPO_REFERENCE, PACKAGE_REFERENCE):
+    for d in (results_root(results_dir) / "reference", resolve.REPO_ROOT / "results" / "reference",
+              PACKAGE_REFERENCE):
         if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
             out.append(d)
     return out
