@@ -159,3 +159,17 @@ def test_cpu_threads_on_a_loaded_machine(monkeypatch):
     assert options.cpu_threads(3) == (3, None)
     monkeypatch.setattr(options.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     assert options.cpu_threads(None)[1] is None
+
+
+def test_arrivals_spread_over_days_refused(tmp_path):
+    res = CliRunner().invoke(main, ["bench", "--mode", "online", "--request-rate", "0.001", "-n", "1000",
+                                    "--results-dir", str(tmp_path)])
+    one_line_exit_2(res, "1,000 requests at 0.001 req/s", "hours")
+
+
+def test_search_unwritable_results_folder_found_first(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(main, ["search", "--gpu", "h200", "--model", "llama-3-8b", "--n-trials", "2",
+                                    "--results-dir", str(blocker / "sub")])
+    one_line_exit_2(res, "cannot write there")

@@ -21,10 +21,25 @@ def dtype_bytes(dtype: str | None, device: str) -> int:
     return DTYPE_BYTES[dtype]
 
 
+MAX_ARRIVAL_SPAN_S = 24 * 3600  # arrivals spread over more than a day are a typo, not a benchmark
+
+
+def check_arrival_span(num_requests: int | None, rates) -> None:
+    """The slowest rate must bring every request in within a day (--request-rate 1e-3 with 1,000 requests
+    would take 11 days)."""
+    finite = [r for r in rates if r and r != float("inf")]
+    if num_requests and finite and num_requests / min(finite) > MAX_ARRIVAL_SPAN_S:
+        hours = num_requests / min(finite) / 3600
+        raise UserError(f"{num_requests:,} requests at {min(finite):g} req/s arrive over {hours:,.0f} hours; "
+                        "raise the rate or lower -n")
+
+
 def prepare_bench(o: dict, engine: str, device: str, model: str | None, num_requests: int | None) -> None:
     from nanotune.console import err_console
 
     check_requests_fit(num_requests, o.get("input_len") or TYPICAL_PROMPT_LEN)
+    sweep = [float(x) for x in (o.get("sweep_rate") or "").split(",") if _is_float(x)]
+    check_arrival_span(num_requests, [o.get("request_rate"), *sweep])
     if engine == "endpoint":
         return
     from engine.presets import get_preset
@@ -40,3 +55,11 @@ def prepare_bench(o: dict, engine: str, device: str, model: str | None, num_requ
         torch.set_num_threads(threads)
         if note:
             err_console.print(f"[dim]{note}[/]", highlight=False)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -63,6 +63,9 @@ def command(**o):
     from nanotune.search.guard import check_study_name
 
     check_study_name(o["study_name"])
+    from nanotune.results.rundir import probe_root
+
+    probe_root(o["results_dir"])  # an unwritable folder is found before the search, not after it
     _reference_without_gpu(o, lambda msg: err_console.print(msg, highlight=False, soft_wrap=True))
     cfg = SearchConfig(
         model=o["model"], tp=o["tp"], gpu=o["gpu"], profile=o["profile_path"], workload=o["workload"],

@@ -30,3 +30,18 @@ def discard_if_empty(run_dir: Path) -> None:
         run_dir.rmdir()
     except OSError:
         pass
+
+
+def probe_root(root: str | os.PathLike | None) -> Path:
+    """The results folder exists (made if needed) and takes a file: for commands whose run directory is
+    made at the end (search), checked at the start."""
+    base = results_root(root)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        probe = base / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise UserError(f"results folder {base}: cannot write there ({why}); give --results-dir DIR") from None
+    return base
