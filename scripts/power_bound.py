@@ -33,6 +33,7 @@ WORKLOADS = {  # name -> (generator, params)
     "splitwise": ("splitwise", {"filter": "max-len:4096"}),
 }
 SMOKE_CAPS = (48, 12)  # prompt, output caps of the CPU check
+ENGINE_KV_NAMES = {"bf16": "bfloat16", "fp16": "float16"}  # --kv-dtypes label -> EngineConfig.kv_cache_dtype
 
 
 def kv_dtypes_available() -> tuple[bool, str | None]:
@@ -159,7 +160,8 @@ def run(args) -> dict:
             out["kv"][kv] = {"available": False, "why": why_fp8}
             print(f"KV {kv}: {why_fp8}", flush=True)
             continue
-        extra = {"kv_cache_dtype": kv} if has_fp8 else {}
+        # the engine names 16-bit caches by torch dtype ("bfloat16"); "bf16" is this script's short label
+        extra = {"kv_cache_dtype": ENGINE_KV_NAMES.get(kv, kv)} if has_fp8 else {}
         engine = LLMEngine(EngineConfig(model=args.model, device=args.device, seed=args.seed, **extra))
         num_sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else None
         plans = [resolve_plan(p, num_sms) for p in args.plans.split(",")]

@@ -88,10 +88,11 @@ def test_tp2_nano_batch_plan_equals_sequential(checkpoints):
 
 
 def _save_8_heads(path):
-    """Llama-3 shape with 8 query heads and 2 KV heads: TP 4 and TP 8 replicate each KV head."""
+    """Llama-3 shape with 8 query heads and 2 KV heads: TP 4 and TP 8 replicate each KV head. Hidden 128 gives
+    head_dim 16, the smallest the checkpoint loader accepts (the attention kernels need a power of two >= 16)."""
     import transformers
 
-    cfg = transformers.LlamaConfig(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = transformers.LlamaConfig(vocab_size=384, hidden_size=128, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512,
                                    rope_theta=500000.0)
     torch.manual_seed(1)
