@@ -75,6 +75,11 @@ def nano_batch_plan(num_nano_batches: int = 2, decode_sm_budget: int | None = No
                                          **({"collective_stream": True} if collective_stream else {})}})
 
 
+# More nano-batches than this cut a dense batch into slivers smaller than a GEMM tile; each adds a pass of
+# every op of every layer, so nb99999 would run for hours without finishing a step.
+MAX_NANO_BATCHES = 64
+
+
 def plan_from_name(name: str, num_sms: int) -> PipelinePlan:
     """'sequential' or nano_batch_plan's own names: nb<N>[-cublas|-green][-sm<decode SMs>][-pf0][-rev][-prio],
     e.g. 'nb2-cublas-sm33' = two nano-batches, decode attention on 33 SMs, GEMMs aimed at the other
@@ -87,6 +92,9 @@ def plan_from_name(name: str, num_sms: int) -> PipelinePlan:
         raise EngineConfigError(f"plan name '{name}': expected 'sequential' or "
                                 "nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio][-ar]")
     n, partition, sms, pf0, rev, prio = int(m[1]), m[2] or "grid", m[3], bool(m[4]), bool(m[5]), bool(m[6])
+    if not 1 <= n <= MAX_NANO_BATCHES:
+        raise EngineConfigError(f"plan name '{name}': nb{n}: the number of nano-batches must be within "
+                                f"1..{MAX_NANO_BATCHES}")
     decode = int(sms) if sms else None
     if decode is not None and not 1 <= decode < num_sms:
         raise EngineConfigError(f"plan name '{name}': sm{decode} must be within 1..{num_sms - 1}")

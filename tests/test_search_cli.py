@@ -16,9 +16,15 @@ from nanotune.cli import main
 
 @pytest.fixture
 def cpu(monkeypatch, tmp_path):
-    """No GPU here, and no committed reference profiles (the repo's results/ is not consulted)."""
+    """No GPU here, and no committed reference profiles (neither the repo's results/ nor the package's copy
+    is consulted)."""
+    import nanotune.search.reference as reference
+    import nanotune.search.validate as validate
+
     monkeypatch.setattr(run, "_has_gpu", lambda: False)
+    monkeypatch.setattr(validate, "gpu_available", lambda: False)
     monkeypatch.setattr(resolve, "REPO_ROOT", tmp_path / "no-repo")
+    monkeypatch.setattr(reference, "PACKAGE_REFERENCE", tmp_path / "no-package")
     return tmp_path
 
 

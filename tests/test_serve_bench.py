@@ -65,9 +65,9 @@ def test_every_request_failing_exits_1_with_reasons(server, tmp_path):
     too_long = ["--trace", "constant", "-n", "3", "--input-len", "4090", "--output-len", "20", "--no-progress",
                 "--endpoint", server.url]
     _, out = run([*too_long, "--num-warmups", "0"], tmp_path / "a", code=1)
-    assert "every request failed" in out and "3 x HTTP 400" in out and "context" in out
+    assert "every request failed" in out and "3x HTTP 400" in out and "context" in out
     result, out = run([*too_long, "--num-warmups", "2"], tmp_path / "b", code=1)
-    assert "every warm-up request failed (2/2)" in out and "2 x HTTP 400" in out
+    assert "every warm-up request failed (2/2)" in out and "2x HTTP 400" in out
     assert result["metrics"]["completed"] == 0 and not result["points"]  # stopped before the measured run
 
 

@@ -69,7 +69,7 @@ def test_rejected_vllm_fields_are_reported_and_exit_nonzero(hf_server, tmp_path)
     res, result = bench(url, ckpt, tmp_path, "--num-warmups", "0")
     assert res.exit_code == 1, res.output
     out = " ".join(res.output.split())
-    assert "every request failed" in out and "4 x HTTP 422" in out and "ignore_eos" in out
+    assert "every request failed" in out and "4x HTTP 422" in out and "ignore_eos" in out
 
 
 @pytest.mark.parametrize("kind", ["completions", "chat"])

@@ -47,6 +47,8 @@ class BenchConfig:
     gpu: str | None = None  # this GPU's committed reference profile: the peak (endpoint) and the bound
     api_key: str | None = field(default=None, repr=False)  # endpoint: sent as Bearer; never written out
     tp: int = 1  # in-process engine: tensor-parallel ranks (one process each)
+    num_kv_blocks: int | None = None  # in-process engine: KV-cache blocks (None: sized from free memory)
+    kv_overcommit: float | None = None  # in-process engine: admission overcommit (None: the engine's default)
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -96,6 +98,10 @@ class BenchConfig:
         return "online" if rate is not None or self.mode == "online" else "offline"
 
     def to_dict(self) -> dict:
+        from nanotune.results.rates import rate_json
+
         d = asdict(self)
         d["api_key"] = "(given)" if self.api_key else None  # a secret stays out of result.json
+        d["request_rate"] = rate_json(d["request_rate"])
+        d["sweep_rates"] = [rate_json(r) for r in d["sweep_rates"]] if d["sweep_rates"] else d["sweep_rates"]
         return d

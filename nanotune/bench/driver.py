@@ -8,6 +8,7 @@ failed (with its error), interrupted (sent, then Ctrl-C) or not_sent.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,6 +65,7 @@ def drive(backend: Backend, requests: list[BenchRequest], max_concurrency: int |
     is_interrupted, error = False, None
     now = 0.0
     limit = max_concurrency or len(requests)
+    freed: deque[float] = deque()  # when concurrency slots freed up, oldest first
     try:
         while num_ended < len(requests):
             now = time.perf_counter() - t0
@@ -71,6 +73,11 @@ def drive(backend: Backend, requests: list[BenchRequest], max_concurrency: int |
                    and num_sent - num_ended < limit):
                 i = order[num_sent]
                 records[i].status = RUNNING
+                # due: the request could have gone out at its arrival, or when a slot freed if it waited for
+                # one; a synchronous backend (the in-process engine) stamps its send with this, so the step
+                # that ran meanwhile counts in TTFT, not as client queue time
+                slot = freed.popleft() if num_sent >= limit and freed else 0.0
+                records[i].due_s = max(requests[i].arrival_s, slot)
                 backend.submit(requests[i], records[i])
                 num_sent += 1
             if num_sent < len(order) and num_sent - num_ended < limit:
@@ -81,6 +88,8 @@ def drive(backend: Backend, requests: list[BenchRequest], max_concurrency: int |
             for rec in backend.poll(timeout):
                 num_ended += 1
                 num_failed += rec.status == FAILED
+                if max_concurrency:
+                    freed.append(rec.end_s if rec.end_s is not None else time.perf_counter() - t0)
             now = time.perf_counter() - t0
             if on_progress is not None and now >= next_progress:
                 next_progress = now + PROGRESS_EVERY_S

@@ -45,6 +45,7 @@ class RequestRecord:
     prompt_len: int
     expected_output_len: int
     arrival_s: float
+    due_s: float | None = None  # when the driver could first send it: arrival, or a --max-concurrency slot freed
     send_s: float | None = None
     first_token_s: float | None = None
     token_times: list[float] = field(default_factory=list)  # one per token or per streamed chunk

@@ -8,16 +8,18 @@ import json
 from pathlib import Path
 
 from nanotune.errors import UserError
-from nanotune.results import results_root
 from nanotune.results.peak import PeakFlops
-from nanotune.search.resolve import REPO_ROOT, gpu_slug
+from nanotune.search.resolve import gpu_slug
 
 
 def reference_profiles(gpu: str, results_dir: str | None = None) -> list[Path]:
-    """Profiles committed for this kind of GPU, under the results root in use and this checkout's."""
+    """Profiles committed for this kind of GPU, in every reference folder (search.reference.reference_dirs:
+    the results root in use, this checkout's, the installed package's)."""
+    from nanotune.search.reference import reference_dirs
+
     seen, out = set(), []
-    for root in (results_root(results_dir), REPO_ROOT / "results"):
-        for p in sorted((root / "reference" / gpu_slug(gpu)).glob("profile-*.json")):
+    for root in reference_dirs(results_dir):
+        for p in sorted((root / gpu_slug(gpu)).glob("profile-*.json")):
             if p.resolve() not in seen:
                 seen.add(p.resolve())
                 out.append(p)
@@ -35,9 +37,11 @@ def reference_peak(gpu: str, model: str | None = None, results_dir: str | None =
             continue
         cands.append((d.get("model") == model, str(d.get("created") or ""), p, tflops, d["peaks"].get("gemm")))
     if not cands:
-        known = sorted(p.parent.name for p in (REPO_ROOT / "results" / "reference").glob("*/profile-*.json"))
+        from nanotune.search.reference import list_references
+
+        known = sorted({r.gpu for r in list_references(results_dir)})
         raise UserError(f"--gpu {gpu}: no reference profile with a GEMM peak under results/reference/"
-                        f"{gpu_slug(gpu)}/ (profiles exist for: {', '.join(sorted(set(known))) or 'none'}); "
+                        f"{gpu_slug(gpu)}/ (profiles exist for: {', '.join(known) or 'none'}); "
                         "pass --peak-tflops instead")
     _, _, path, tflops, what = max(cands)
     return PeakFlops(flops=tflops * 1e12, device=gpu_slug(gpu), dtype="bfloat16", shape=(0, 0, 0), num_repeats=0,

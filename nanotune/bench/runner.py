@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from nanotune.bench.backends.base import Backend
 from nanotune.bench.config import BenchConfig
 from nanotune.bench.driver import Progress, drive
-from nanotune.bench.failures import describe, failure_reasons
+from nanotune.bench.failures import failure_reasons, reasons_line
 from nanotune.bench.metrics import compute_metrics
+from nanotune.bench.records import FAILED, INTERRUPTED, NOT_SENT, RequestRecord
 from nanotune.bench.requests import build_requests, warmup_requests
 from nanotune.bench.stats import aggregate_runs
 from nanotune.bench.vllm_format import vllm_fields
 from nanotune.results.bound import efficiency_metrics
 from nanotune.results.peak import PeakFlops
+from nanotune.results.rates import rate_json
 
 SCHEMA = "nanotune.bench/1"
 
@@ -80,22 +82,30 @@ def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
     if warm:
         on_phase(f"warm-up ({len(warm)} requests, not counted)")
         ph = drive(backend, warm, on_progress=on_progress)
-        warmup = {"num_requests": len(warm), "failed": sum(not r.is_ok for r in ph.records),
-                  "duration": ph.duration}
+        # failed = the backend reported an error; a warm-up cut short by a signal did not fail
+        warmup = {"num_requests": len(warm), "failed": sum(r.status == FAILED for r in ph.records),
+                  "interrupted": sum(r.status in (INTERRUPTED, NOT_SENT) for r in ph.records),
+                  "failures": failure_reasons(ph.records), "duration": ph.duration}
         if ph.is_partial:
             is_partial, is_interrupted, error = True, ph.is_interrupted, ph.error
         elif warmup["failed"] == len(warm):  # nothing answered: the measured run would fail the same way
             is_partial = True
-            reasons = failure_reasons(r.error for r in ph.records)
-            warmup["failure_reasons"] = reasons
-            error = f"every warm-up request failed ({len(warm)}/{len(warm)}); nothing measured:\n" + describe(reasons)
+            n = len(warm)
+            error = reasons_line(warmup["failures"], head=f"every warm-up request failed ({n}/{n}); nothing measured")
 
     points, rows, measured = [], [], {}
+    if is_partial:  # stopped in the warm-up: every measured request is listed, as not sent
+        rate = cfg.rates[0]
+        rows = [{"request_rate": rate, "repeat": 0, **RequestRecord.for_request(r).to_row()} for r in base]
     for rate in cfg.rates:
         if is_partial:
             break
         mode = cfg.mode_for(rate)
-        requests = base if mode == "offline" else build(mode, rate)
+        try:
+            requests = base if mode == "offline" else build(mode, rate)
+        except KeyboardInterrupt:  # a signal between phases: stop with what is measured
+            is_partial = is_interrupted = True
+            break
         runs = []
         for rep in range(cfg.repeat):
             what = f"rate {rate:g} req/s" if rate is not None else mode
@@ -124,6 +134,11 @@ def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
         sweep = {"rates": list(cfg.sweep_rates), "slos": cfg.slos, "slo_attainment": cfg.slo_attainment,
                  "best_rate": best}
         headline = next((p for p in points if p["request_rate"] == best), headline)
+    for p in points:
+        p["request_rate"] = rate_json(p["request_rate"])
+    if sweep:
+        sweep["rates"] = [rate_json(r) for r in sweep["rates"]]
+        sweep["best_rate"] = rate_json(sweep["best_rate"])
     engine = backend.describe()
     engine["final_stats"] = backend.stats()
     result = {
@@ -134,10 +149,10 @@ def run_bench(cfg: BenchConfig, trace, backend: Backend, peak: PeakFlops | None,
         "metrics": headline["metrics"] if headline else compute_metrics([], 0.0),
         "metrics_ci95": headline["metrics_ci95"] if headline else None,
         "request_rate": headline["request_rate"] if headline else None,
+        "failures": failure_reasons(rows),
         "points": points, "sweep": sweep, "definitions": DEFINITIONS,
         "bound": bound.describe() if bound else {"why": "not computed"},  # each run's own: points[].runs[].bound
         "efficiency_note": efficiency_note(peak, backend),
-        "failure_reasons": failure_reasons(r["error"] for r in rows),
     }
     if headline is not None:  # vLLM's --save-result keys; our request_rate (null = offline) stays ours
         vllm = vllm_fields(result, measured.get(points.index(headline), []))

@@ -4,6 +4,7 @@ write `results/<run-id>/`. The CLI only turns options into a BenchConfig and pri
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from nanotune.bench.requests import admit
 from nanotune.bench.runner import run_bench
 from nanotune.bench.view import LiveView
 from nanotune.errors import UserError
-from nanotune.results import environment, new_run_dir
+from nanotune.results import environment
 from nanotune.results.peak import PeakFlops, given_peak, peak_flops
+from nanotune.results.rundir import discard_if_empty, open_run_dir
+from nanotune.signals import StopSignals
 
 
 def is_trace_file(spec: str) -> bool:
@@ -76,6 +79,10 @@ def measure_peak(cfg: BenchConfig) -> PeakFlops | None:
         import torch
 
         return peak_flops("cuda") if torch.cuda.is_available() else None
+    if cfg.device == "cpu":
+        from nanotune.results.cpu_peak import cpu_peak
+
+        return cpu_peak()  # measured once per machine: CPU results stay comparable
     return peak_flops(cfg.device)
 
 
@@ -137,6 +144,10 @@ def engine_limits(cfg: BenchConfig) -> dict:
         value = getattr(cfg, key) or tuned.get(key)
         if value:
             out[key] = int(value)
+    if cfg.num_kv_blocks is not None:
+        out["num_kv_blocks"] = cfg.num_kv_blocks
+    if cfg.kv_overcommit is not None:
+        out["kv_overcommit"] = cfg.kv_overcommit
     return out
 
 
@@ -165,19 +176,35 @@ def bench(cfg: BenchConfig, results_dir: str | None = None, progress: bool = Tru
     if cfg.mode == "online" and cfg.request_rate is None and not cfg.sweep_rates and not is_timed:
         raise UserError(f"--mode online: trace '{cfg.trace}' has no arrival times; give --request-rate "
                         "(or make a timed trace with `nanotune trace`)")
-    peak = measure_peak(cfg)
-    owns_backend = backend is None
-    backend = backend or make_backend(cfg, lengths)
-    try:
-        bound = bound_setup(cfg, backend.describe(), local_gpu_name(cfg))
-        with LiveView(err_console, progress) as view:
-            outcome = run_bench(cfg, trace, backend, peak, view.update, view.phase, bound=bound)
-    finally:
-        if owns_backend:
-            backend.close()
-    run_dir = new_run_dir("bench", run_label(cfg), results_dir)
-    result = {"run_id": run_dir.name, **outcome.result,
-              "workload": workloads.request_summary(lengths, trace.meta), "environment": environment(),
-              "command": " ".join(shlex.quote(a) for a in sys.argv)}
-    write_bench_run(run_dir, result, outcome.rows)
+    run_dir = open_run_dir("bench", run_label(cfg), results_dir)  # found unwritable now, not after the run
+    import pandas  # noqa: F401  (imported now: writing must not wait on an import a second signal could hit)
+
+    with StopSignals(on_repeat=lambda sig: err_console.print(
+            f"[yellow]{signal.Signals(sig).name} again: already stopping, writing what was measured[/]")) as stop:
+        try:
+            peak = measure_peak(cfg)
+            owns_backend = backend is None
+            backend = backend or make_backend(cfg, lengths)
+        except BaseException:  # nothing measured yet: no result, no empty folder
+            discard_if_empty(run_dir)
+            raise
+        try:
+            bound = bound_setup(cfg, backend.describe(), local_gpu_name(cfg))
+            with LiveView(err_console, progress) as view:
+                outcome = run_bench(cfg, trace, backend, peak, view.update, view.phase, bound=bound)
+        except BaseException:
+            discard_if_empty(run_dir)
+            raise
+        finally:
+            if owns_backend:
+                try:
+                    backend.close()
+                except Exception:  # what was measured matters more than a clean shutdown
+                    pass
+        result = {"run_id": run_dir.name, **outcome.result,
+                  "workload": workloads.request_summary(lengths, trace.meta), "environment": environment(),
+                  "command": " ".join(shlex.quote(a) for a in sys.argv)}
+        if stop.stopped:
+            result["signal"] = signal.Signals(stop.received[0]).name
+        write_bench_run(run_dir, result, outcome.rows)
     return result, run_dir

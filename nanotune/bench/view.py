@@ -9,6 +9,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from nanotune.bench.driver import Progress
+from nanotune.results.rates import rate_text
 
 
 def _fmt(v, spec: str = ",.1f") -> str:
@@ -89,6 +90,16 @@ def _dropped(workload: dict) -> str:
                                             "max_model_len": workload.get("max_model_len")}})
 
 
+def preemptions(result: dict) -> int | None:
+    """Requests the engine preempted (recompute) in the headline point's measured runs; None when the
+    backend does not report them (an endpoint, the hf peer)."""
+    point = next((p for p in result.get("points", []) if p.get("request_rate") == result.get("request_rate")),
+                 None)
+    counts = [r.get("backend", {}).get("num_preemptions") for r in (point or {}).get("runs", [])]
+    counts = [c for c in counts if c is not None]
+    return sum(counts) if counts else None
+
+
 def summary_table(result: dict) -> Table:
     """The headline metrics of a result (mean +- 95% CI when it has repeats)."""
     m, ci = result.get("metrics") or {}, result.get("metrics_ci95") or {}
@@ -113,6 +124,8 @@ def summary_table(result: dict) -> Table:
     why = (result.get("bound") or {}).get("why")
     if why and m.get("bound_total_token_throughput") is None:
         t.add_row("Power-aware bound", f"none: {why}")
+    if (n := preemptions(result)) is not None:
+        t.add_row("Preemptions (KV cache full)", f"{n:,d}")
     for label, key in _LATENCIES:
         t.add_row(f"{label} mean / median / p99 (ms)",
                   " / ".join(_fmt(m.get(f"{s}_{key}"), ",.2f") for s in ("mean", "median", "p99")))
@@ -129,8 +142,8 @@ def sweep_table(result: dict) -> Table | None:
         t.add_column(col, justify="right")
     for p in result.get("points", []):
         m = p["metrics"]
-        mark = " *" if p["request_rate"] == best else ""
-        t.add_row(f"{p['request_rate']:g}{mark}", _fmt(m.get("request_throughput"), ".2f"),
+        mark = " *" if best is not None and p["request_rate"] == best else ""
+        t.add_row(f"{rate_text(p['request_rate'])}{mark}", _fmt(m.get("request_throughput"), ".2f"),
                   _fmt(m.get("total_token_throughput")), _fmt(m.get("p99_ttft_ms"), ",.1f"),
                   _fmt(m.get("p99_tpot_ms"), ",.1f"), _fmt(m.get("slo_attainment"), ".0%"))
     t.caption = (f"* highest rate with >= {result['sweep']['slo_attainment']:.0%} of requests within the SLOs"

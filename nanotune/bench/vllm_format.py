@@ -13,6 +13,7 @@ import math
 import time
 
 from nanotune.bench.records import RequestRecord
+from nanotune.results.rates import rate_value
 
 # the headline-metric keys vLLM writes too (mean/median/std/p*_..._ms are matched by their suffix)
 VLLM_METRICS = ("duration", "completed", "failed", "total_input_tokens", "total_output_tokens",
@@ -30,7 +31,7 @@ def vllm_backend(engine: dict) -> str:
 def vllm_fields(result: dict, records: list[RequestRecord]) -> dict:
     """The vLLM keys for `result` (a bench result dict) whose headline point measured `records`."""
     cfg, eng, m = result.get("config") or {}, result.get("engine") or {}, result.get("metrics") or {}
-    rate = result.get("request_rate")
+    rate = rate_value(result.get("request_rate"))  # a number, or "inf" as result.json stores it
     out = {
         "date": time.strftime("%Y%m%d-%H%M%S"),
         "backend": vllm_backend(eng),
@@ -59,7 +60,7 @@ VLLM_LISTS = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "
 
 def vllm_export(result: dict) -> dict:
     """The file vLLM's `--save-result` would have written for this run (from a result.json's top level)."""
-    rate = result.get("request_rate")
+    rate = rate_value(result.get("request_rate"))  # a number, or "inf" as result.json stores it
     out = {k: result.get(k) for k in VLLM_SETUP}
     out["request_rate"] = "inf" if rate is None or math.isinf(rate) else rate
     out.update({k: result[k] for k in VLLM_METRICS if k in result})

@@ -49,6 +49,11 @@ class NanotuneGroup(click.Group):
             raise UserError(f"{e.filename or e}: is a directory, expected a file") from None
         except PermissionError as e:
             raise UserError(f"{e.filename or e}: permission denied") from None
+        except KeyboardInterrupt:  # stopped before anything was measured (a run writes its partial result)
+            from nanotune.console import err_console
+
+            err_console.print("[yellow]interrupted before anything was measured: nothing written[/]")
+            raise SystemExit(130) from None
 
 
 @click.group(cls=NanotuneGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,6 +7,8 @@ import math
 
 import click
 
+from nanotune.cli import checks
+from nanotune.cli.options import MAX_LEN, MAX_SEQS, MAX_TP, SEED, FiniteFloat, rate_type
 from nanotune.errors import UserError
 
 CPU_DEFAULT_MODEL, GPU_DEFAULT_MODEL = "tiny-llama", "llama-3-8b"
@@ -26,20 +28,6 @@ def _rates(text: str | None) -> tuple[float, ...] | None:
     return tuple(sorted(rates))
 
 
-def _exit_on_failures(result: dict) -> None:
-    """Failed requests' reasons with counts on screen; exit 1 when no request of the run succeeded."""
-    from nanotune.bench.failures import describe
-    from nanotune.console import err_console
-
-    reasons = result.get("failure_reasons") or []
-    if not reasons:
-        return
-    err_console.print(f"[yellow]failed requests, by reason:[/]\n{describe(reasons)}", highlight=False)
-    if not result["error"] and not any(p["metrics"].get("completed") for p in result.get("points", [])):
-        err_console.print("[bold red]every request failed: nothing was measured[/]", highlight=False)
-        raise SystemExit(1)
-
-
 def _has_gpu() -> bool:
     import torch
 
@@ -52,11 +40,11 @@ def _has_gpu() -> bool:
                    "or a trace file.")
 @click.option("-n", "--num-requests", type=click.IntRange(min=1),
               help="Requests to replay [default: 64 on CPU, 1000 on GPU; a file: all].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--filter", "trace_filter", help="none | vllm | max-len:N [default: the dataset's; sharegpt: vllm].")
-@click.option("--input-len", type=click.IntRange(min=1), help="constant/random datasets: prompt length.")
-@click.option("--output-len", type=click.IntRange(min=1), help="constant/random datasets: output length.")
-@click.option("--range-ratio", type=float, help="random dataset: length range ratio.")
+@click.option("--input-len", type=click.IntRange(1, MAX_LEN), help="constant/random datasets: prompt length.")
+@click.option("--output-len", type=click.IntRange(1, MAX_LEN), help="constant/random datasets: output length.")
+@click.option("--range-ratio", type=FiniteFloat(0, 1), help="random dataset: length range ratio.")
 @click.option("--model", help="Model preset [default: tiny-llama on CPU, llama-3-8b on GPU]; "
                               "with --endpoint: the served model's name.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
@@ -71,15 +59,15 @@ def _has_gpu() -> bool:
               help="Pipeline plan (nanoflow): a JSON file - one from `nanotune search` also sets the dense batch "
                    "and max seqs it was tuned with, unless given below - or a name: sequential, nb2, nb2-pf0-rev, "
                    "nb2-sm66, nb2-cublas-sm44, nb2-green-sm44 (nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio]).")
-@click.option("--max-num-batched-tokens", type=click.IntRange(min=1), help="Dense-batch token budget [2048].")
-@click.option("--max-num-seqs", type=click.IntRange(min=1), help="Most requests running at once [512].")
-@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--max-num-batched-tokens", type=click.IntRange(1, MAX_LEN), help="Dense-batch token budget [2048].")
+@click.option("--max-num-seqs", type=click.IntRange(1, MAX_SEQS), help="Most requests running at once [512].")
+@click.option("--tp", type=click.IntRange(1, MAX_TP), default=1, show_default=True,
               help="Tensor-parallel ranks of the in-process engine (one process per GPU; gloo on CPU).")
 @click.option("--endpoint", metavar="URL", help="OpenAI-compatible server instead of an in-process engine.")
 @click.option("--mode", type=click.Choice(["offline", "online"]), default="offline", show_default=True,
               help="offline: all at t=0; online: the trace's timestamps or --request-rate.")
-@click.option("--request-rate", type=float, help="Online: requests/s (inf = all at once).")
-@click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("--request-rate", type=rate_type(), help="Online: requests/s (inf = all at once).")
+@click.option("--burstiness", type=FiniteFloat(min=0, min_open=True), default=1.0, show_default=True,
               help="Gamma shape of the arrival gaps (1 = Poisson, < 1 burstier).")
 @click.option("--max-concurrency", type=click.IntRange(min=1), help="At most this many requests in flight.")
 @click.option("--num-warmups", type=click.IntRange(min=0), default=4, show_default=True)
@@ -88,17 +76,23 @@ def _has_gpu() -> bool:
 @click.option("--sweep-rate", metavar="R1,R2,...", help="Throughput-latency curve over these rates.")
 @click.option("--goodput", multiple=True, metavar="NAME:MS",
               help="SLOs, e.g. --goodput 'ttft:200 tpot:50' (ttft, tpot, e2el in ms).")
-@click.option("--slo-attainment", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+@click.option("--slo-attainment", type=FiniteFloat(0, 1, min_open=True), default=0.9, show_default=True,
               help="Sweep: share of requests that must meet the SLOs.")
-@click.option("--max-prompt-len", type=click.IntRange(min=0), help="Cap prompt lengths (0: none).")
-@click.option("--max-output-len", type=click.IntRange(min=0), help="Cap output lengths (0: none).")
+@click.option("--max-prompt-len", type=click.IntRange(0, MAX_LEN), help="Cap prompt lengths (0: none).")
+@click.option("--max-output-len", type=click.IntRange(0, MAX_LEN), help="Cap output lengths (0: none).")
 @click.option("--hf-attn", default="sdpa", show_default=True, help="--engine hf attention implementation.")
-@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True),
+@click.option("--peak-tflops", type=FiniteFloat(min=0, min_open=True),
               help="Use this peak instead of measuring one (e.g. a remote endpoint's GPU).")
-@click.option("--num-params", type=click.FloatRange(min=1), help="Endpoint: parameters per GPU.")
+@click.option("--num-params", type=FiniteFloat(min=1), help="Endpoint: parameters per GPU.")
 @click.option("--vocab-size", type=click.IntRange(min=2), help="Endpoint: random prompt ids below this.")
 @click.option("--results-dir", type=click.Path(file_okay=False), envvar="NANOTUNE_RESULTS",
               help="Where run directories go [default: ./results; env NANOTUNE_RESULTS].")
+@click.option("--num-kv-blocks", type=click.IntRange(1, 2**24), default=None,
+              help="KV-cache blocks of the in-process engine [default: sized from free memory].")
+@click.option("--kv-overcommit", type=FiniteFloat(min=0, min_open=True, max=64), default=None,
+              help="Admit while predicted peak KV <= this x the cache (> 1: more load, may preempt) [1].")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="torch CPU threads [default: torch's; 1 when the CPU is already loaded].")
 @click.option("--no-progress", is_flag=True, help="No live view.")
 @click.option("--profile", "bound_profile", type=click.Path(dir_okay=False),
               help="Profile with a power section for the power-aware bound [default: the committed reference "
@@ -109,7 +103,7 @@ def _has_gpu() -> bool:
               help="Endpoint: local Hugging Face tokenizer folder; prompts are then sent as text.")
 @click.option("--api-key", envvar="OPENAI_API_KEY", help="Endpoint: sent as 'Authorization: Bearer KEY' "
                                                          "[env OPENAI_API_KEY]; never written to results.")
-@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+@click.option("--request-timeout", type=FiniteFloat(min=0, min_open=True), default=600.0, show_default=True,
               help="Endpoint: seconds to wait for a connection or for the stream's next bytes before the "
                    "request fails.")
 @click.option("--ignore-eos/--no-ignore-eos", default=True, show_default=True,
@@ -128,11 +122,16 @@ def command(**o):
     from nanotune.bench.view import summary_table, sweep_table
     from nanotune.console import console, err_console
 
+    checks.check_bench_conflicts(o)
     engine = "endpoint" if o["endpoint"] else o["engine"]
     device = o["device"]
     if device == "auto":
         device = "cuda" if engine != "endpoint" and _has_gpu() else "cpu"
+    elif engine != "endpoint":
+        device = checks.check_device(device)
     on_cpu = device == "cpu" and engine != "endpoint"
+    if engine == "hf":
+        checks.check_hf_attn(o["hf_attn"])
     model = o["model"]
     if model is None and engine != "endpoint":
         model = CPU_DEFAULT_MODEL if on_cpu else GPU_DEFAULT_MODEL
@@ -144,6 +143,9 @@ def command(**o):
         caps = [c if c is not None else d for c, d in zip(caps, CPU_DEFAULT_CAPS, strict=True)]
         err_console.print(f"[dim]no GPU: {model}, {n or 'all'} requests, lengths capped at {caps[0] or '-'} "
                           f"in / {caps[1] or '-'} out (--model, -n, --max-*-len change it)[/]")
+    from nanotune.cli.preflight import prepare_bench
+
+    prepare_bench(o, engine=engine, device=device, model=model, num_requests=n)
     try:
         cfg = BenchConfig(
             trace=o["trace"], num_requests=n, seed=o["seed"], mode=o["mode"], request_rate=o["request_rate"],
@@ -157,7 +159,7 @@ def command(**o):
             vocab_size=o["vocab_size"], num_params=o["num_params"], profile=o["bound_profile"],
             endpoint_type=o["endpoint_type"], tokenizer=o["tokenizer"], request_timeout=o["request_timeout"],
             gpu=o["gpu"], api_key=o["api_key"] if o["endpoint"] else None, ignore_eos=o["ignore_eos"],
-            tp=o["tp"])
+            tp=o["tp"], num_kv_blocks=o["num_kv_blocks"], kv_overcommit=o["kv_overcommit"])
     except ValueError as e:
         raise UserError(str(e)) from None
     if cfg.sweep_rates and cfg.request_rate is not None:
@@ -168,6 +170,9 @@ def command(**o):
         trace_params["filter"] = o["trace_filter"]
     result, run_dir = bench(cfg, results_dir=o["results_dir"], progress=not o["no_progress"],
                             trace_params=trace_params)
+    from nanotune.signals import ignore_further
+
+    ignore_further()  # written: late signals must not kill the process while it prints
 
     from workloads import summary_line
 
@@ -176,7 +181,7 @@ def command(**o):
     if (table := sweep_table(result)) is not None:
         console.print(table)
     if result["peak"]:
-        console.print(f"[dim]peak: {result['peak']['label']} = {result['peak']['tflops']:,.1f} TFLOP/s[/]")
+        console.print(f"[dim]peak: {result['peak']['label']} = {result['peak']['tflops']:,.3g} TFLOP/s[/]")
     if result.get("efficiency_note") and result["metrics"].get("efficiency") is None:
         console.print(f"[dim]{result['efficiency_note']}[/]", highlight=False)
     console.print(f"wrote {run_dir / 'result.json'} and {run_dir / 'requests.csv'}", highlight=False)
@@ -185,10 +190,17 @@ def command(**o):
 
         console.print(f"wrote {write_vllm_json(o['vllm_json'], result)} (vLLM's --save-result format)",
                       highlight=False)
-    _exit_on_failures(result)
+    from nanotune.bench.failures import exit_status, reasons_line
+
+    if result.get("failures"):
+        err_console.print(f"[red]{reasons_line(result['failures'])}[/]", highlight=False, soft_wrap=True)
     if result["error"]:
-        err_console.print(f"[bold red]engine error:[/] {result['error']}", highlight=False)
-        raise SystemExit(1)
-    if result["partial"]:
-        err_console.print("[yellow]interrupted: the result is partial (marked so in result.json)[/]")
-        raise SystemExit(130)
+        err_console.print(f"[bold red]run failed:[/] {result['error']}", highlight=False, soft_wrap=True)
+    elif result["partial"]:
+        err_console.print(f"[yellow]{result.get('signal', 'interrupted')}: the result is partial (marked so in "
+                          "result.json)[/]")
+    status = exit_status(result)
+    if status == 1 and not result["error"]:
+        err_console.print("[bold red]every request failed: nothing was measured[/]")
+    if status:
+        raise SystemExit(status)

@@ -27,6 +27,7 @@ def command(directory, anchors, out, results_dir):
         raise UserError(f"no bench results (result.json of kind 'bench') under {root}")
     out_dir = Path(out) if out else new_run_dir("report", root=results_dir)
     try:
-        compare_and_show([str(p) for p in found], out_dir, anchors, f"nanotune report: {root}", console)
+        compare_and_show([str(p) for p in found], out_dir, anchors, f"nanotune report: {root}", console,
+                         skip_bad=True)
     except ValueError as e:
         raise UserError(str(e)) from None

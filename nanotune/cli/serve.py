@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import click
 
+from nanotune.cli.options import MAX_LEN, MAX_SEQS, MAX_TP, SEED
+
 
 @click.command(name="serve")
 @click.option("--model", required=True, help="Model preset (random weights) or a local Hugging Face checkpoint "
                                              "folder (its tokenizer, if present, serves text prompts).")
-@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="Tensor-parallel GPUs.")
+@click.option("--tp", type=click.IntRange(1, MAX_TP), default=1, show_default=True, help="Tensor-parallel GPUs.")
 @click.option("--plan", metavar="FILE|NAME", help="Pipeline plan (as for `nanotune bench --plan`).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--dtype", default="auto", show_default=True, help="auto | bfloat16 | float16 | float32")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Weights and unseeded sampling.")
-@click.option("--max-num-batched-tokens", type=click.IntRange(min=1), help="Dense-batch token budget.")
-@click.option("--max-num-seqs", type=click.IntRange(min=1), help="Most requests running at once.")
-@click.option("--max-model-len", type=click.IntRange(min=2), help="Context length (prompt + output).")
+@click.option("--max-num-batched-tokens", type=click.IntRange(1, MAX_LEN), help="Dense-batch token budget.")
+@click.option("--max-num-seqs", type=click.IntRange(1, MAX_SEQS), help="Most requests running at once.")
+@click.option("--max-model-len", type=click.IntRange(2, MAX_LEN), help="Context length (prompt + output).")
 @click.option("--max-queued", type=click.IntRange(min=0), default=4096, show_default=True,
               help="Requests waiting beyond --max-num-seqs before new ones get 503 + Retry-After.")
 @click.option("--served-model-name", help="The name in /v1/models and in requests' `model`.")

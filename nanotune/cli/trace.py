@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from nanotune.cli.options import MAX_LEN, SEED, TYPICAL_PROMPT_LEN, FiniteFloat, check_requests_fit
 from nanotune.console import console, err_console
 from nanotune.errors import UserError
 from workloads.spec import DEFAULT_NUM_REQUESTS
@@ -56,7 +57,7 @@ REFERENCE_DRAWS = 100_000
     type=click.IntRange(min=0),
     help=f"Requests to generate (default {DEFAULT_NUM_REQUESTS}) or to keep from a file (default all).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of lengths and arrivals.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of lengths and arrivals.")
 @click.option(
     "--filter",
     "filter_spec",
@@ -70,16 +71,18 @@ REFERENCE_DRAWS = 100_000
     help="Arrivals per second (Poisson, gamma with --burstiness); 'measured' "
     "uses the source's real rate and CV; 'inf' means offline.",
 )
-@click.option("--burstiness", type=float, help="Gamma shape of inter-arrival gaps: 1 Poisson, <1 burstier.")
-@click.option("--time-scale", type=float, help="Replay the file's timestamps multiplied by this factor.")
+@click.option("--burstiness", type=FiniteFloat(min=0, min_open=True),
+              help="Gamma shape of inter-arrival gaps: 1 Poisson, <1 burstier.")
+@click.option("--time-scale", type=FiniteFloat(min=0, min_open=True),
+              help="Replay the file's timestamps multiplied by this factor.")
 @click.option("--offline", is_flag=True, help="All requests at t=0, even if the file has timestamps.")
 @click.option(
-    "--input-len", type=click.IntRange(min=1), help="constant/random: prompt length (default 1024)."
+    "--input-len", type=click.IntRange(1, MAX_LEN), help="constant/random: prompt length (default 1024)."
 )
 @click.option(
-    "--output-len", type=click.IntRange(min=1), help="constant/random: output length (default 512)."
+    "--output-len", type=click.IntRange(1, MAX_LEN), help="constant/random: output length (default 512)."
 )
-@click.option("--range-ratio", type=float, help="random: spread of lengths, see --range-style (default 0).")
+@click.option("--range-ratio", type=FiniteFloat(0, 1), help="random: spread of lengths, see --range-style (default 0).")
 @click.option(
     "--range-style",
     type=click.Choice(["vllm", "sglang"]),
@@ -159,6 +162,8 @@ def command(
         if tokenizer is not None:
             raise UserError("--tokenizer applies to files with text, not to --dataset")
         spec = workloads.parse_workload(dataset, num_requests, seed, filter_spec, is_file=False, **gen_params)
+        check_requests_fit(DEFAULT_NUM_REQUESTS if num_requests is None else num_requests,
+                           input_len or TYPICAL_PROMPT_LEN)  # before generating, not after the memory ran out
         trace = spec.load()
         measured = workloads.measured_arrivals(spec.source)
     else:
@@ -300,8 +305,12 @@ def _plot(trace, ref_trace, path, ref_label):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, side in zip(axes, ("prompt_lens", "output_lens"), strict=True):
+    arrivals = np.asarray([float(r.arrival_s) for r in trace.requests])
+    timed = bool(len(arrivals)) and bool(arrivals.max() > 0)
+    fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 3.8))
+    if timed:  # --rate/--burstiness or a file's timestamps: requests per second over the trace
+        _arrival_panel(axes[2], np.sort(arrivals), trace.meta.get("arrivals") or {})
+    for ax, side in zip(axes[:2], ("prompt_lens", "output_lens"), strict=True):
         values = getattr(trace, side)
         ref = getattr(ref_trace, side) if ref_trace is not None else np.zeros(0)
         top = max(int(values.max()) if len(values) else 1, int(ref.max()) if len(ref) else 1, 2)
@@ -315,8 +324,37 @@ def _plot(trace, ref_trace, path, ref_label):
         ax.set_xlabel(side.replace("_lens", " length (tokens)"))
         ax.set_ylabel("fraction of requests")
         ax.legend(fontsize=8)
-    fig.suptitle(str(trace.meta.get("source", "trace")), fontsize=9)
+    fig.suptitle(plot_title(trace.meta), fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_title(meta: dict) -> str:
+    """The trace's source, and its filter when one was applied. A generator's source names its calibration
+    data "(unfiltered)": that describes the data, not this trace, so it is dropped from a filtered trace."""
+    source = str(meta.get("source", "trace"))
+    spec = (meta.get("filter") or {}).get("spec") if isinstance(meta.get("filter"), dict) else meta.get("filter")
+    if not spec or spec == "none":
+        return source
+    f = meta["filter"] if isinstance(meta.get("filter"), dict) else {}
+    dropped = f", {f['dropped']:,} dropped" if f.get("dropped") else ""
+    return f"{source.replace(' (unfiltered)', '')}; filter {spec}{dropped}"
+
+
+def _arrival_panel(ax, arrivals, info: dict) -> None:
+    """Requests per second (1 s bins, or 50 bins over a long trace) against time."""
+    import numpy as np
+
+    span = float(arrivals[-1])
+    width = max(1.0, span / 50)
+    bins = np.arange(0.0, span + width, width)
+    counts, edges = np.histogram(arrivals, bins=bins)
+    ax.step(edges[:-1], counts / width, where="post")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("arrivals per second")
+    rate, burst = info.get("rate"), info.get("burstiness")
+    what = ", ".join(x for x in (f"rate {rate:g}/s" if isinstance(rate, (int, float)) else "",
+                                 f"burstiness {burst:g}" if isinstance(burst, (int, float)) else "") if x)
+    ax.set_title(f"arrivals ({what})" if what else "arrivals", fontsize=9)

@@ -10,6 +10,7 @@ from nanotune.report.anchors import anchor_rows
 from nanotune.report.bound_plot import optimal_bound_achieved
 from nanotune.report.plots import efficiency_bars, latency_cdfs, sweep_curves, throughput_bars
 from nanotune.report.table import load_rows, to_frame
+from nanotune.results.rates import rate_value
 from nanotune.results.store import write_json_atomic
 
 
@@ -32,13 +33,17 @@ def _requests_frame(run_dir: Path):
 
 def _headline_requests(result: dict, df):
     """The requests behind the headline metrics: for a sweep, those of the headline rate."""
-    if df is None or result.get("request_rate") is None or "request_rate" not in df:
+    rate = rate_value(result.get("request_rate"))
+    if df is None or rate is None or "request_rate" not in df:
         return df
-    return df[df["request_rate"] == result["request_rate"]]
+    return df[df["request_rate"].map(rate_value) == rate]
 
 
-def compare(paths: list[str | Path], out_dir: Path, anchors: bool = False) -> Comparison:
-    rows, loaded = load_rows(paths)
+def compare(paths: list[str | Path], out_dir: Path, anchors: bool = False, skip_bad: bool = False,
+            on_skip=None) -> Comparison:
+    """`skip_bad` (report over a folder): a result that cannot be read is left out with a line through
+    `on_skip`, instead of failing the whole report."""
+    rows, loaded = load_rows(paths, on_skip if skip_bad else None)
     if anchors:
         rows += anchor_rows()
     df = to_frame(rows)
@@ -65,12 +70,17 @@ def compare(paths: list[str | Path], out_dir: Path, anchors: bool = False) -> Co
 
 
 def compare_and_show(paths: list[str | Path], out_dir: Path, anchors: bool, title: str,
-                     console) -> Comparison:
-    """What both CLI commands do: compare, print the table, list the files written."""
-    from nanotune.report.table import rich_table
+                     console, skip_bad: bool = False) -> Comparison:
+    """What both CLI commands do: compare, print the table, the run behind each column, the files written."""
+    from nanotune.report.table import hardware_note, rich_table, run_legend
 
-    comparison = compare(paths, out_dir, anchors=anchors)
+    skip = lambda path, why: console.print(f"[yellow]skipped {path}: {why}[/]", highlight=False, soft_wrap=True)
+    comparison = compare(paths, out_dir, anchors=anchors, skip_bad=skip_bad, on_skip=skip)
     console.print(rich_table(comparison.frame, title=title))
+    for line in run_legend(comparison.frame):
+        console.print(line, highlight=False, soft_wrap=True)  # run ids whole, one per line
+    if (note := hardware_note(comparison.frame)) is not None:
+        console.print(f"[dim]{note}[/]", highlight=False, soft_wrap=True)
     for f in comparison.files:
         console.print(f"wrote {f}", highlight=False)
     return comparison

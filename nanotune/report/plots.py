@@ -3,7 +3,10 @@ returns its path, or None when the results hold nothing for that plot."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+from nanotune.results.rates import rate_value
 
 
 def _plt():
@@ -24,8 +27,9 @@ def _num(v) -> float | None:
 
 
 def _label(r: dict) -> str:
-    head = r.get("run") if r.get("is_anchor") else f"{r.get('engine')}\n{r.get('model')}"
-    return f"{head}\n{r.get('gpu') or ''}"[:60]
+    """engine / model, the trace it ran and the hardware: a bar says what it measured."""
+    head = r.get("run") if r.get("is_anchor") else f"{r.get('engine')}\n{r.get('model')}\n{r.get('trace') or ''}"
+    return f"{head}\n{r.get('gpu') or ''}"[:80]
 
 
 def throughput_bars(rows: list[dict], path: Path) -> Path | None:
@@ -57,6 +61,13 @@ def throughput_bars(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
+def efficiency_title(rows: list[dict]) -> str:
+    """The hatching is explained only where hatched (published, --anchors) bars are drawn."""
+    if any(r.get("is_anchor") for r in rows):
+        return "efficiency (hatched: published, other hardware)"
+    return "efficiency"
+
+
 def efficiency_bars(rows: list[dict], path: Path) -> Path | None:
     """% of optimal for local runs and published anchors (hatched: other hardware)."""
     have = [r for r in rows if _num(r.get("efficiency")) is not None]
@@ -72,7 +83,7 @@ def efficiency_bars(rows: list[dict], path: Path) -> Path | None:
                     va="bottom", fontsize=8)
     ax.set_xticks(range(len(have)), [_label(r) for r in have], fontsize=7)
     ax.set_ylabel("% of optimal throughput")
-    ax.set_title("efficiency (hatched: published, other hardware)")
+    ax.set_title(efficiency_title(have))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -115,14 +126,18 @@ def sweep_curves(sweeps: list[tuple[str, dict]], path: Path) -> Path | None:
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for label, r in sweeps:
-        pts = sorted(r["points"], key=lambda p: p["request_rate"])
-        rates = [p["request_rate"] for p in pts]
+        # inf (everything at once) has no place on a rate axis: it is drawn at twice the highest finite rate
+        pts = [p for p in r["points"] if rate_value(p["request_rate"]) is not None]
+        pts = sorted(pts, key=lambda p: rate_value(p["request_rate"]))
+        finite = [rate_value(p["request_rate"]) for p in pts if math.isfinite(rate_value(p["request_rate"]))]
+        rates = [v if math.isfinite(v) else 2 * max(finite, default=1.0)
+                 for v in (rate_value(p["request_rate"]) for p in pts)]
         a1.plot(rates, [_num(p["metrics"].get("total_token_throughput")) for p in pts], "o-", label=label)
         a2.plot(rates, [_num(p["metrics"].get("p99_ttft_ms")) for p in pts], "o-", label=label)
         best = r["sweep"].get("best_rate")
-        for p in pts:
-            if p["request_rate"] == best:
-                a1.plot([best], [_num(p["metrics"].get("total_token_throughput"))], "o", ms=14, mfc="none",
+        for x, p in zip(rates, pts, strict=True):
+            if best is not None and p["request_rate"] == best:
+                a1.plot([x], [_num(p["metrics"].get("total_token_throughput"))], "o", ms=14, mfc="none",
                         mec="tab:red")
     a1.set_xlabel("request rate (req/s)")
     a1.set_ylabel("total tokens/s")

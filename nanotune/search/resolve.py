@@ -30,8 +30,11 @@ def gpu_slug(name: str) -> str:
 def reference_candidates(gpu: str, model: str, tp: int, results_dir: str | None = None) -> list[Path]:
     """Where a committed reference profile may be: under the results root in use, then this checkout's."""
     name = f"profile-{model}-tp{tp}.json"
+    from nanotune.search.reference import PACKAGE_REFERENCE
+
     paths = [results_root(results_dir) / "reference" / gpu_slug(gpu) / name,
-             REPO_ROOT / "results" / "reference" / gpu_slug(gpu) / name]
+             REPO_ROOT / "results" / "reference" / gpu_slug(gpu) / name,
+             PACKAGE_REFERENCE / gpu_slug(gpu) / name]  # installed with `pip install .`
     out: list[Path] = []
     for p in paths:
         if p.resolve() not in [q.resolve() for q in out]:
@@ -51,12 +54,17 @@ def find_profile(model: str, tp: int, gpu: str | None, profile: str | None, resu
             for f in (p, p.with_suffix("") / "profile.json"):
                 if f.is_file():
                     return load_profile(f), f"reference profile for {gpu_slug(gpu)}: {f}"
-        raise UserError(f"no reference profile for {model} at TP {tp} on {gpu_slug(gpu)}: looked for {cands[0]} "
-                        f"(record one with `nanotune profile --model {model} --tp {tp}` on that GPU, "
-                        "or pass --profile FILE)")
+        from nanotune.search.reference import available_text
+
+        raise UserError(f"no reference profile for {model} at TP {tp} on {gpu_slug(gpu)}: looked for {cands[0]}; "
+                        f"{available_text(results_dir)} (record one with `nanotune profile --model {model} --tp "
+                        f"{tp}` on that GPU, or pass --profile FILE)")
     if not has_gpu:
-        raise UserError("no GPU here to profile: pass --gpu NAME (a committed profile under results/reference/"
-                        "NAME/) or --profile FILE")
+        from nanotune.search.reference import available_text
+
+        raise UserError(f"no GPU here to profile and no reference profile of {model} at TP {tp}: pass --gpu NAME "
+                        f"(a committed profile under results/reference/NAME/) or --profile FILE; "
+                        f"{available_text(results_dir)}")
     path = fresh_profile(model, tp, results_dir)
     return load_profile(path), f"fresh profile: {path}"
 

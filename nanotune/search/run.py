@@ -4,6 +4,7 @@ performance model; predict the baselines; validate on the engine when a GPU is h
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -13,9 +14,12 @@ from nanotune.profile.ops import Shard
 from nanotune.results import environment, new_run_dir, results_root
 from nanotune.search import output, resolve
 from nanotune.search.capacity import WorkloadStats, gpu_memory_gib
+from nanotune.search.guard import discard_study, quiet_interrupts, storage_errors
 from nanotune.search.objective import OBJECTIVES, Objective, SearchContext, evaluate, full_params
+from nanotune.search.show import resume_command
 from nanotune.search.space import ENGINE_DEFAULT_DENSE_BATCH, ENGINE_DEFAULT_MAX_NUM_SEQS, Infeasible, build_plan
 from nanotune.search.study import open_study, pareto, prune_summary, ranked_trials, run_study, storage_url
+from nanotune.signals import Interrupted, StopSignals
 
 
 @dataclass(frozen=True)
@@ -169,17 +173,45 @@ def search(cfg: SearchConfig, log=print) -> tuple[dict, object]:
     model, wl = info["model"], info["workload"]
     name = cfg.study or f"{model}-tp{cfg.tp}-{wl.label}-{cfg.objective}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = storage_url(cfg.storage, name, results_root(cfg.results_dir), cfg.resume)
-    study = open_study(name, storage, cfg.objective, cfg.seed, cfg.resume, info["identity"], cfg.tp,
-                       constrained=cfg.tpot_limit_ms is not None, search_seqs=cfg.max_num_seqs is None)
+    with storage_errors(storage):
+        study = open_study(name, storage, cfg.objective, cfg.seed, cfg.resume, info["identity"], cfg.tp,
+                           constrained=cfg.tpot_limit_ms is not None, search_seqs=cfg.max_num_seqs is None)
+    with StopSignals(on_repeat=lambda sig: log("already stopping: writing what the study finished")) as stop:
+        try:
+            return _finish(cfg, ctx, info, study, name, storage, stop, t_start, log)
+        except BaseException:
+            if stop.stopped:  # stopped with nothing to write: keep nothing of a fresh study either
+                left = discard_study(storage, name, is_fresh=not cfg.resume)
+                raise Interrupted(f"{signal.Signals(stop.received[0]).name}: search stopped before any trial "
+                                  f"completed; nothing written{'; ' + left if left else ''}",
+                                  stop.exit_code) from None
+            left = discard_study(storage, name, is_fresh=not cfg.resume)
+            if left:
+                log(left)
+            raise
+
+
+def _finish(cfg: SearchConfig, ctx: SearchContext, info: dict, study, name: str, storage: str, stop,
+            t_start: float, log) -> tuple[dict, object]:
+    model, wl = info["model"], info["workload"]
     num_before = len(study.trials)
-    run_study(study, Objective(ctx), cfg.n_trials, cfg.timeout_s, cfg.progress)
+    try:
+        with quiet_interrupts():
+            run_study(study, Objective(ctx), cfg.n_trials, cfg.timeout_s, cfg.progress)
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: keep the trials that completed
+        pass
+    if stop.stopped:
+        cfg = replace(cfg, validate=0)  # stopped: write what the model predicted, run nothing more
     ranked = ranked_trials(study, cfg.objective)
     if not ranked:
+        if stop.stopped:
+            raise KeyboardInterrupt
         reasons = "; ".join(f"{n}x {r}" for r, n in list(prune_summary(study).items())[:3])
         limit = f" within TPOT {cfg.tpot_limit_ms} ms" if cfg.tpot_limit_ms else ""
         raise UserError(f"no feasible plan{limit} among {len(study.trials)} trials ({reasons or 'none completed'})")
     best_trial = ranked[0]
     best, baselines = _summaries(ctx, full_params(best_trial.params, ctx), model)
+    best.plan.meta.update(model=model, tp_degree=cfg.tp)  # bench warns when the plan runs another model
     run_dir = new_run_dir("search", f"{model}-{wl.label}", root=cfg.results_dir)
     front = pareto(ranked) if cfg.objective == "both" else []
     front_plans = [(t.number, build_plan(full_params(t.params, ctx), f"pareto-{t.number}", ctx.profile.num_sms))
@@ -221,7 +253,10 @@ def search(cfg: SearchConfig, log=print) -> tuple[dict, object]:
         "bound": _bound(ctx, wl),
         "notes": output.model_notes(ctx, cfg.composition), "config": asdict(cfg),
         "command": " ".join(sys.argv), "environment": environment(), "wall_s": time.time() - t_start,
+        "resume_command": resume_command(cfg, name),
     }
+    if stop.stopped:
+        result.update(partial=True, signal=signal.Signals(stop.received[0]).name)
     output.write_result(run_dir, result)
     return result, run_dir
 

@@ -38,11 +38,16 @@ class EngineBackend(Backend):
         super().begin(t0)
         self._step_s, self._step_tokens = [], []
         self._host_s = self._wait_s = 0.0
+        self._preemptions0 = self.stats().get("num_preemptions")
+
+    def _preemptions(self) -> dict:
+        now, start = self.stats().get("num_preemptions"), getattr(self, "_preemptions0", None)
+        return {} if now is None or start is None else {"num_preemptions": int(now) - int(start)}
 
     def phase_stats(self) -> dict:
         """Measured iteration (step) times: what a plan's predicted iteration time is checked against."""
         if not self._step_s:
-            return {"num_steps": 0}
+            return {"num_steps": 0, **self._preemptions()}
         ms = sorted(1e3 * s for s in self._step_s)
         out = {"num_steps": len(ms), "mean_step_ms": statistics.fmean(ms), "median_step_ms": ms[len(ms) // 2],
                "total_step_s": sum(self._step_s)}
@@ -53,14 +58,18 @@ class EngineBackend(Backend):
             # Python part overlaps the GPU's work, so this is host load, not GPU idle time
             out["host_ms_per_step"] = 1e3 * self._host_s / len(ms)
             out["host_fraction"] = self._host_s / (self._host_s + self._wait_s)
-        return out
+        return {**out, **self._preemptions()}
 
     def describe(self) -> dict:
         return {"engine": self.name, "model": getattr(self.engine.model_config, "name", None),
                 "num_params": self.num_params, "vocab_size": self.vocab_size, **self.info}
 
     def submit(self, req: BenchRequest, rec: RequestRecord) -> None:
-        rec.send_s = self.now()
+        # The engine steps in the caller's thread: a request that arrived while a step ran is handed over
+        # only after it. A server would have received it on arrival, so the send is stamped at its due time
+        # and that step counts in its TTFT (the driver's queue time stays the --max-concurrency wait).
+        now = self.now()
+        rec.send_s = min(now, rec.due_s) if rec.due_s is not None else now
         try:
             params = SamplingParams(max_tokens=req.output_len, ignore_eos=True)
             self.engine.add_request(list(req.prompt_ids), params, request_id=req.request_id)
