@@ -1,8 +1,8 @@
 """Issue 4, end to end: overlapped nano-batch plans against the sequential plan, one warm engine, one GPU.
 
-    PYTHONPATH=. python scripts/engine_overlap.py --plans sequential,nb2-cublas-sm33 \
+    python scripts/engine_overlap.py --plans sequential,nb2-cublas-sm33 \
         --out results/reference/h200/engine-overlap.json [--probe .../partition-probe.json]
-    PYTHONPATH=. python scripts/engine_overlap.py --device cpu --model tiny-llama \
+    python scripts/engine_overlap.py --device cpu --model tiny-llama \
         --workloads c512x512:8 --plans sequential,nb2 --out /tmp/o.json          # the script itself, on CPU
 
 Every workload runs under every plan (same weights and KV cache, plan switched in place; plan names as
@@ -26,10 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine_throughput import make_trace, run_one  # noqa: E402  (the sibling script's helpers)
+from nanotune.bench.experiments import make_trace, run_one
 
 EAGER_MIXED = "@eager-mixed"
 MIN_USES = "@min-uses-"
@@ -90,6 +87,7 @@ def main() -> None:
     import torch
 
     from engine import EngineConfig, LLMEngine
+    from engine.observe import OpProfile
     from engine.plan_library import resolve_plan
     from nanotune.results import environment, write_json_atomic
     from nanotune.results.peak import peak_flops
@@ -139,14 +137,15 @@ def main() -> None:
                 engine.runner.mixed_graphs.min_uses = int(label.split(MIN_USES)[1])
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            r = run_one(engine, f"{name}-{label}", trace, peak, args.warmups, args.device)
+            profile = OpProfile()
+            r = run_one(engine, f"{name}-{label}", trace, peak, args.warmups, args.device, profile)
             mixed = engine.runner.mixed_graphs
             r["mixed_graphs"] = None if mixed is None else {"captured": len(mixed.graphs),
                                                             "replays": mixed.num_replays,
                                                             "min_uses": mixed.min_uses}
             r.pop("backend", None)
             runs["plans"][label] = r
-            samples[label] = engine.op_profile.samples
+            samples[label] = profile.samples
             m = r["metrics"]
             print(f"{name:10s} {label:26s} {m['total_token_throughput']:9.0f} tok/s  eff {m['efficiency']:.3f}"
                   f"  host {r['host_fraction'] or 0:.1%}", flush=True)

@@ -32,6 +32,16 @@ class EngineBackend(Backend):
         self._step_s: list[float] = []
         self._step_tokens: list[int] = []
         self._host_s = self._wait_s = 0.0
+        self._last = None  # the engine's last StepRecord (engine.observe), for the live view
+        if hasattr(engine, "add_observer"):  # the real engine reports each step; a bare protocol engine does not
+            engine.add_observer(self._observe)
+
+    def _observe(self, record) -> None:
+        self._last = record
+        if record.num_tokens:
+            self._step_tokens.append(int(record.num_tokens))
+        self._host_s += record.host_s
+        self._wait_s += record.wait_s
 
     def begin(self, t0: float) -> None:
         super().begin(t0)
@@ -79,12 +89,6 @@ class EngineBackend(Backend):
         outputs = self.engine.step()
         t = self.now()
         self._step_s.append(time.perf_counter() - start)
-        last = getattr(self.engine, "last_step", None)  # the engine's StepStats, when it keeps one
-        if last is not None and getattr(last, "num_tokens", None):
-            self._step_tokens.append(int(last.num_tokens))
-        if last is not None and hasattr(last, "host_s"):
-            self._host_s += last.host_s
-            self._wait_s += last.wait_s
         for out in outputs:
             rec = self._inflight.get(out.request_id)
             if rec is None:
@@ -100,9 +104,21 @@ class EngineBackend(Backend):
 
     def stats(self) -> dict:
         try:
-            return dict(self.engine.stats())
+            out = dict(self.engine.stats())
         except Exception:  # a live view must never take the benchmark down
             return {}
+        r = self._last
+        if r is not None:  # the last step as the engine's observer record has it
+            out["step"] = {"num_tokens": r.num_tokens, "num_decode": r.num_decode,
+                           "host_ms": round(1e3 * r.host_s, 3), "wait_ms": round(1e3 * r.wait_s, 3)}
+        return out
+
+    def close(self) -> None:
+        if hasattr(self.engine, "remove_observer"):
+            try:
+                self.engine.remove_observer(self._observe)
+            except ValueError:
+                pass
 
     def abort(self) -> None:
         self._inflight.clear()
