@@ -7,6 +7,7 @@ parameters and returned as a PipelinePlan (saveable JSON): nothing here is execu
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from engine.config import ModelConfig
@@ -15,16 +16,24 @@ from engine.plan import GEMM_OPS, OpInstance, PipelinePlan
 
 PRE_ATTN = ("attn_norm", "qkv", "rope_kv")
 POST_ATTN = ("o_proj", "mlp_norm", "gate_up", "silu_mul", "down")
+ISSUE_ORDERS = ("grouped", "pipelined")
 
 
 def nano_batch_plan(num_nano_batches: int = 2, decode_sm_budget: int | None = None, align: int = 64,
                     attn_priority: int = 0, name: str | None = None, partition: str = "grid",
                     gemm_sm_budget: int | None = None, prefill_attn_stream: int = 1,
-                    reverse_post: bool = False) -> PipelinePlan:
-    """Cut the dense batch into equal nano-batches; GEMMs, norms and small ops on stream 0, attention on
-    stream 1. Issue order per layer: every nano-batch's pre-attention ops (so attention of nano-batch i
-    overlaps the qkv GEMM of i+1), then every nano-batch's o_proj + MLP (so the last attention overlaps
-    the MLP of the earlier ones).
+                    reverse_post: bool = False, edges: Sequence[float] | None = None,
+                    attention_stream: bool = True, issue_order: str = "grouped",
+                    meta: dict | None = None) -> PipelinePlan:
+    """Cut the dense batch into nano-batches (equal ones, or at `edges`: fractions 0 = e0 < ... < eN = 1);
+    GEMMs, norms and small ops on stream 0, attention on stream 1 (attention_stream=False: everything on
+    stream 0, one stream). This is the one builder of nano-batch plans: the named plans below and every
+    point of `nanotune search`'s space come from it.
+
+    issue_order "grouped": every nano-batch's pre-attention ops first (so attention of nano-batch i overlaps
+    the qkv GEMM of i+1), then every nano-batch's o_proj + MLP (so the last attention overlaps the MLP of
+    the earlier ones); "pipelined": nano-batch i's o_proj + MLP right after nano-batch i+1's pre-attention
+    ops.
 
     partition "grid": decode attention runs at most `decode_sm_budget` programs; "cublas": as well, and the
     GEMMs aim at `gemm_sm_budget` SMs; "green": stream 0 lives in a green context of `gemm_sm_budget` SMs
@@ -32,31 +41,60 @@ def nano_batch_plan(num_nano_batches: int = 2, decode_sm_budget: int | None = No
 
     Decode rows come first in the dense batch, so in a mixed batch the first nano-batch holds the decode
     tokens. prefill_attn_stream=0 keeps the (compute-bound) prefill attention with the GEMMs, and
-    reverse_post issues the later nano-batches' o_proj + MLP first: then the GEMMs of the prefill-only
-    nano-batches run while the first one's decode attention streams KV on stream 1 (NanoFlow's pairing).
+    reverse_post (grouped order) issues the later nano-batches' o_proj + MLP first: then the GEMMs of the
+    prefill-only nano-batches run while the first one's decode attention streams KV on stream 1 (NanoFlow's
+    pairing).
     """
-    edges = [i / num_nano_batches for i in range(num_nano_batches + 1)]
+    if edges is None:
+        edges = [i / num_nano_batches for i in range(num_nano_batches + 1)]
+    elif len(edges) != num_nano_batches + 1:
+        raise EngineConfigError(f"nano_batch_plan: {len(edges)} edges for {num_nano_batches} nano-batches")
+    if issue_order not in ISSUE_ORDERS:
+        raise EngineConfigError(f"nano_batch_plan: issue order '{issue_order}' is not one of "
+                                f"{', '.join(ISSUE_ORDERS)}")
     ranges = list(zip(edges[:-1], edges[1:], strict=True))
     gemm_budget = gemm_sm_budget if partition == "cublas" else None
     attn_budget = decode_sm_budget if partition != "green" else None
+    attn_s = 1 if attention_stream else 0
+    prefill_s = prefill_attn_stream if attention_stream else 0
+
+    def pre(lo, hi):
+        return [OpInstance(op, lo, hi, sm_budget=gemm_budget if op in GEMM_OPS else None) for op in PRE_ATTN] + [
+            OpInstance("decode_attn", lo, hi, stream=attn_s, sm_budget=attn_budget),
+            OpInstance("prefill_attn", lo, hi, stream=prefill_s)]
+
+    def post(lo, hi):
+        return [OpInstance(op, lo, hi, sm_budget=gemm_budget if op in GEMM_OPS else None) for op in POST_ATTN]
+
     ops = []
-    for lo, hi in ranges:
-        ops += [OpInstance(op, lo, hi, sm_budget=gemm_budget if op in GEMM_OPS else None) for op in PRE_ATTN]
-        ops += [OpInstance("decode_attn", lo, hi, stream=1, sm_budget=attn_budget),
-                OpInstance("prefill_attn", lo, hi, stream=prefill_attn_stream)]
-    for lo, hi in (reversed(ranges) if reverse_post else ranges):
-        ops += [OpInstance(op, lo, hi, sm_budget=gemm_budget if op in GEMM_OPS else None) for op in POST_ATTN]
-    tag = {"grid": "", "cublas": "-cublas", "green": "-green"}[partition]
-    budget = f"-sm{decode_sm_budget}" if decode_sm_budget else ""
-    budget += ("-pf0" if prefill_attn_stream == 0 else "") + ("-rev" if reverse_post else "")
-    return PipelinePlan(name or f"nb{num_nano_batches}{tag}{budget}", tuple(ops), num_streams=2, align=align,
-                        stream_priorities=(0, attn_priority), partition=partition,
+    if issue_order == "pipelined":
+        for i, r in enumerate(ranges):  # pre(i) then post(i-1): the GEMMs of i+1 fill attention's shadow
+            ops += pre(*r)
+            if i:
+                ops += post(*ranges[i - 1])
+        ops += post(*ranges[-1])
+    else:
+        for r in ranges:
+            ops += pre(*r)
+        for r in reversed(ranges) if reverse_post else ranges:
+            ops += post(*r)
+    if name is None:
+        tag = {"grid": "", "cublas": "-cublas", "green": "-green"}.get(partition, f"-{partition}")
+        budget = f"-sm{decode_sm_budget}" if decode_sm_budget else ""
+        budget += ("-pf0" if prefill_attn_stream == 0 else "") + ("-rev" if reverse_post else "")
+        custom = edges != [i / num_nano_batches for i in range(num_nano_batches + 1)] or not attention_stream \
+            or issue_order != "grouped"
+        name = f"{'custom-' if custom else ''}nb{num_nano_batches}{tag}{budget}"
+    if meta is None:
+        meta = {"generator": "engine.plan_library.nano_batch_plan",
+                "params": {"num_nano_batches": num_nano_batches, "partition": partition,
+                           "decode_sm_budget": decode_sm_budget, "gemm_sm_budget": gemm_sm_budget,
+                           "align": align, "attn_priority": attn_priority,
+                           "prefill_attn_stream": prefill_attn_stream, "reverse_post": reverse_post}}
+    return PipelinePlan(name, tuple(ops), num_streams=2 if attention_stream else 1, align=align,
+                        stream_priorities=(0, attn_priority) if attention_stream else (), partition=partition,
                         stream_sms=(gemm_sm_budget, decode_sm_budget) if partition == "green" else (),
-                        meta={"generator": "engine.plan_library.nano_batch_plan",
-                              "params": {"num_nano_batches": num_nano_batches, "partition": partition,
-                                         "decode_sm_budget": decode_sm_budget, "gemm_sm_budget": gemm_sm_budget,
-                                         "align": align, "attn_priority": attn_priority,
-                                         "prefill_attn_stream": prefill_attn_stream, "reverse_post": reverse_post}})
+                        meta=meta)
 
 
 def plan_from_name(name: str, num_sms: int) -> PipelinePlan:
@@ -80,12 +118,15 @@ def plan_from_name(name: str, num_sms: int) -> PipelinePlan:
                            gemm_sm_budget=gemm, name=name, prefill_attn_stream=0 if pf0 else 1, reverse_post=rev)
 
 
-def resolve_plan(spec: str | None, num_sms: int | None = None) -> PipelinePlan:
-    """What a user passes as a plan: None (sequential), a plan JSON file, or a name plan_from_name takes."""
+def resolve_plan(spec: str | None, num_sms: int | None = None, model: ModelConfig | None = None) -> PipelinePlan:
+    """What a user passes as a plan: None (the engine's default plan for `model`; sequential without a
+    model), a plan JSON or tuned-config file (engine/tuned.py), or a name plan_from_name takes."""
     if not spec:
-        return PipelinePlan.sequential()
+        return default_plan(model) if model is not None else PipelinePlan.sequential()
     if spec.endswith(".json") or "/" in spec or Path(spec).is_file():
-        return PipelinePlan.load(spec)
+        from engine.tuned import load_tuned
+
+        return load_tuned(spec).plan
     try:
         return plan_from_name(spec, num_sms or 1 << 16)  # budgets are checked against the GPU when it runs
     except EngineConfigError as e:
@@ -93,14 +134,11 @@ def resolve_plan(spec: str | None, num_sms: int | None = None) -> PipelinePlan:
 
 
 def default_plan(model: ModelConfig) -> PipelinePlan:
-    """The plan `--engine nanoflow` runs without `--plan`.
+    """The plan the engine runs when none is given (`--engine nanoflow` without `--plan`).
 
-    Measured on an H200 with llama-3-8b (results/reference/h200/engine-overlap*.json), two nano-batches on
-    plain streams were 0.97-1.03x of sequential on 1024/512, 0.92x on 512/1024, 0.99x on 512/512, 0.94x on
-    Splitwise and 0.63-0.68x on ShareGPT/LMSYS with eager mixed steps, and 0.81-0.94x on all six with mixed
-    CUDA graphs (engine-overlap-mixed-graphs*.json); SM-partitioned variants (bounded attention grid,
-    cuBLASLt SM targets) were slower still. Until `nanotune search` (or better kernels) finds a plan that wins, the
-    default is the sequential plan.
+    The sequential plan, until `nanotune search` (or better kernels) finds an overlapped plan that beats it
+    on the engine: on the H200 the hand-written overlapped and SM-partitioned plans measured slower than
+    sequential on the reference workloads (README, "Measured"; results/reference/h200/engine-overlap*.json).
     """
     return PipelinePlan("sequential", PipelinePlan.sequential().ops, meta={"model": model.name,
                                                                            "why": "overlap measured slower"})

@@ -77,7 +77,7 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
                         if self.device.type == "cuda" else None)
-        self.plan = resolve_plan(config.plan, self.num_sms)
+        self.plan = resolve_plan(config.plan, self.num_sms, model_cfg)  # none given: default_plan(model)
         self.plan.validate(num_sms=self.num_sms, where=config.plan or "plan")
         t0 = time.perf_counter()
         if Path(config.model).is_dir():

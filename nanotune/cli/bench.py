@@ -50,9 +50,10 @@ def _has_gpu() -> bool:
 @click.option("--engine", type=click.Choice(["nanoflow", "sequential", "hf"]), default="nanoflow",
               show_default=True, help="In-process engine; hf = transformers continuous batching.")
 @click.option("--plan", metavar="FILE|NAME",
-              help="Pipeline plan (nanoflow): a JSON file - one from `nanotune search` also sets the dense batch "
-                   "and max seqs it was tuned with, unless given below - or a name: sequential, nb2, nb2-pf0-rev, "
-                   "nb2-sm66, nb2-cublas-sm44, nb2-green-sm44 (nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio]).")
+              help="Pipeline plan (nanoflow): a plan JSON, or the tuned.json `nanotune search` writes (it also "
+                   "sets the dense batch, max seqs and model it was tuned for, unless given), or a name: sequential, "
+                   "nb2, nb2-pf0-rev, nb2-sm66, nb2-cublas-sm44, nb2-green-sm44 "
+                   "(nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio]).")
 @click.option("--max-num-batched-tokens", type=click.IntRange(min=1), help="Dense-batch token budget [2048].")
 @click.option("--max-num-seqs", type=click.IntRange(min=1), help="Most requests running at once [512].")
 @click.option("--endpoint", metavar="URL", help="OpenAI-compatible server instead of an in-process engine.")
@@ -99,6 +100,10 @@ def command(**o):
         device = "cuda" if engine != "endpoint" and _has_gpu() else "cpu"
     on_cpu = device == "cpu" and engine != "endpoint"
     model = o["model"]
+    if model is None and engine == "nanoflow" and o["plan"]:  # a tuned config names the model it was tuned for
+        from nanotune.bench.session import tuned_model
+
+        model = tuned_model(o["plan"])
     if model is None and engine != "endpoint":
         model = CPU_DEFAULT_MODEL if on_cpu else GPU_DEFAULT_MODEL
     n = o["num_requests"]

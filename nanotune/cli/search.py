@@ -79,7 +79,8 @@ def command(**o):
     st = result["study"]
     console.print(f"study '{st['name']}': {st['num_trials']} trials ({st['num_pruned']} pruned) in {st['storage']}; "
                   f"continue with --study {st['name']} --resume", highlight=False)
-    console.print(f"wrote {run_dir / 'plan.json'} and {run_dir / 'result.json'}", highlight=False)
+    console.print(f"wrote {run_dir / result['files']['plan']} (for bench --plan) and {run_dir / 'result.json'}",
+                  highlight=False)
 
 
 def _table(result: dict):

@@ -143,9 +143,11 @@ def load_engine_backend(kind: str, model: str, device: str, dtype: str | None, p
     `nanoflow` runs `--plan FILE` if given, else the engine's default plan."""
     from engine import EngineConfig, LLMEngine
 
+    if kind == "sequential":  # the baseline stays the one-nano-batch plan whatever the default becomes
+        plan = "sequential"
     cfg = EngineConfig(model=model, device=device, dtype=dtype or "auto", plan=plan, seed=seed, **engine_kw)
     eng = LLMEngine(cfg)
-    info = {"device": device, "dtype": cfg.dtype, **plan_info(plan)}
+    info = {"device": device, "dtype": cfg.dtype, **plan_info(None if kind == "sequential" else plan)}
     if kind == "nanoflow" and not plan:
         info["plan_note"] = "no --plan given: the engine's default plan"
     return EngineBackend(eng, name=kind, info=info)
