@@ -13,7 +13,8 @@ The first plan is the baseline: each other plan's ratio is its total token throu
 on the same trace in the same run.
 Every `--time-ops-every`th iteration is timed per op by CUDA events; for `--gantt-workload` the sampled
 iteration nearest the baseline's median composition is drawn per plan, ops on their streams over time.
-The micro-pair result of scripts/partition_probe.py can be folded in with --probe. Writes one JSON with the
+The micro-pair result of a partition probe (results/reference/h200/partition-probe.json) can be folded in
+with --probe. Writes one JSON with the
 environment (incrementally, so an interrupted run keeps what it measured) and the Gantt figure beside it.
 """
 
@@ -77,7 +78,7 @@ def main() -> None:
                     help="run each workload's first N requests under every plan first, unmeasured, so no plan "
                          "pays Triton compiles (a fresh machine's first plan otherwise does)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--probe", default=None, help="partition_probe.py JSON whose micro pair to include")
+    ap.add_argument("--probe", default=None, help="partition-probe JSON whose micro pair to include")
     ap.add_argument("--resume-from", default=None,
                     help="an earlier engine_overlap JSON with the same plans: keep its workloads, run the rest")
     ap.add_argument("--device", default="cuda")
