@@ -119,3 +119,27 @@ def test_step_anatomy_runs_through_observers(tmp_path):
     assert run["decode_only"]["num_steps"] > 0
     ms = run["decode_only"]["mean_ms"]
     assert ms["launch_ms"] > 0 and ms["host_ms"] >= ms["launch_ms"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_spans_and_graph_replays_on_cuda():
+    """On a GPU: every launched step's CUDA-event span is positive, decode-only steps replay graphs, and no
+    event is recorded while no observer asks for GPU times."""
+    eng = LLMEngine(EngineConfig(model="tiny-llama", device="cuda", max_num_seqs=16, num_kv_blocks=512,
+                                 max_model_len=256))
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 2048, (n,), generator=g).tolist() for n in (5, 33, 70, 12)]
+    eng.generate(prompts, SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up: compiles and captures
+    records = []
+    eng.add_observer(records.append, gpu_time=True)
+    eng.generate(prompts, SamplingParams(max_tokens=24, ignore_eos=True))
+    eng.remove_observer(records.append)
+    launched = [r for r in records if r.launched]
+    assert launched and all(r.gpu_ms() > 0 for r in launched)
+    decode = [r for r in launched if r.num_tokens == r.num_decode]
+    assert decode and sum(r.replayed for r in decode) / len(decode) > 0.5
+    plain = []
+    eng.add_observer(plain.append)
+    eng.generate(prompts[:1], SamplingParams(max_tokens=3, ignore_eos=True))
+    assert all(r.gpu is None for r in plain)

@@ -97,7 +97,7 @@ class Prediction:
         return self.layers_ms + self.lm_head_ms
 
     def busy_ms(self) -> dict[str, float]:
-        """Per-op simulated time summed over layers (comparable with the engine's op_profile.mean_op_ms)."""
+        """Per-op simulated time summed over layers (comparable with engine.observe.OpProfile's mean_op_ms)."""
         out: dict[str, float] = {}
         for n in self.nodes:
             out[n.op] = out.get(n.op, 0.0) + (n.end - n.start)
