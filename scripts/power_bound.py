@@ -62,7 +62,10 @@ def run_one(engine, label: str, trace, peak, bound, warmups: int, device: str, c
     cfg = BenchConfig(trace=label, engine="nanoflow", model=engine.model_config.name, device=device,
                       num_warmups=warmups, caps=caps)
     backend = EngineBackend(engine, name=label, info={"plan": engine.runner.plan.name})
-    res = run_bench(cfg, trace, backend, peak, bound=bound).result
+    try:
+        res = run_bench(cfg, trace, backend, peak, bound=bound).result
+    finally:
+        backend.close()  # unregisters its step observer from the engine, which the next run reuses
     m = res["metrics"]
     run = res["points"][-1]["runs"][-1]
     keep = ("completed", "failed", "duration", "total_input_tokens", "total_output_tokens",

@@ -156,7 +156,7 @@ def main() -> None:
     engine = LLMEngine(EngineConfig(model=args.model, device=args.device, time_ops_every=0,
                                     max_num_batched_tokens=args.max_num_batched_tokens,
                                     max_num_seqs=args.max_num_seqs))
-    out = {"schema": "nanotune.step-anatomy/1", "command": " ".join(sys.argv), "environment": environment(),
+    out = {"schema": "nanotune.step-anatomy/2", "command": " ".join(sys.argv), "environment": environment(),
            "model": engine.model_config.name, "engine_config": {"max_num_batched_tokens": args.max_num_batched_tokens,
                                                                 "max_num_seqs": args.max_num_seqs},
            "runs": {}}
