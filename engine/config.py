@@ -134,7 +134,7 @@ class EngineConfig:
     # Runner
     attention_backend: str = "auto"  # "auto" (triton on CUDA, torch on CPU) | "triton" | "torch"
     decode_kernel: str = "auto"  # triton decode attention: "auto" | "split" | "tma" (engine.kernels.DECODE_KERNELS)
-    plan: str | None = None  # PipelinePlan JSON path or name (plan_library.resolve_plan); None = sequential
+    plan: str | None = None  # plan JSON / tuned-config path or a name (plan_library.resolve_plan); None: default
     use_cuda_graphs: bool = True  # decode-only iterations replay graphs captured per batch-size bucket
     mixed_cuda_graphs: bool = True  # and (with use_cuda_graphs) mixed ones, per (tokens, decode) bucket
     async_scheduling: bool = True  # schedule + launch iteration n+1 before reading iteration n's tokens

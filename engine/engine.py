@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,53 +10,11 @@ import numpy as np
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig, model_config_from_hf
 from engine.errors import EngineConfigError
+from engine.observe import Observer, Observers, StepRecord
 from engine.presets import get_preset
 from engine.request import Request, RequestOutput, SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from engine.sizing import resolve_max_model_len
-
-
-@dataclass
-class StepStats:
-    num_tokens: int
-    num_decode: int
-    num_prefill_tokens: int
-    host_s: float  # Python time of the step: schedule, build inputs, launch, resolve tokens
-    wait_s: float  # time blocked on the GPU for sampled tokens (async: the previous iteration's)
-
-
-MAX_OP_SAMPLES = 128
-
-
-class OpProfile:
-    """Per-op GPU time summed over layers, accumulated over sampled iterations (CUDA events)."""
-
-    def __init__(self):
-        self.num_iterations = 0
-        self.op_ms: dict[str, float] = {}
-        self.iteration_ms = 0.0
-        self.tokens = 0
-        self.decode_seqs = 0
-        self.samples: list[tuple[int, int, list]] = []  # (tokens, decode seqs, OpTimings): the first few,
-        #                                                  for timelines of single iterations (Gantt)
-
-    def add(self, batch: ScheduledBatch, timings: list) -> None:
-        if len(self.samples) < MAX_OP_SAMPLES:
-            self.samples.append((batch.num_tokens, batch.num_decode, list(timings)))
-        self.num_iterations += 1
-        self.tokens += batch.num_tokens
-        self.decode_seqs += batch.num_decode
-        self.iteration_ms += max(t.end_ms for t in timings) - min(t.start_ms for t in timings)
-        for t in timings:
-            self.op_ms[t.op] = self.op_ms.get(t.op, 0.0) + (t.end_ms - t.start_ms)
-
-    def summary(self) -> dict:
-        n = max(self.num_iterations, 1)
-        per_op = {op: ms / n for op, ms in sorted(self.op_ms.items(), key=lambda kv: -kv[1])}
-        return {"num_iterations": self.num_iterations, "mean_iteration_ms": self.iteration_ms / n,
-                "mean_tokens": self.tokens / n, "mean_decode_seqs": self.decode_seqs / n,
-                "mean_op_ms": per_op,
-                "op_share": {op: ms / max(sum(per_op.values()), 1e-9) for op, ms in per_op.items()}}
 
 
 def load_model_config(model: str) -> ModelConfig:
@@ -103,10 +60,9 @@ class LLMEngine:
             kv_overcommit=config.kv_overcommit,
             eos_token_ids=mc.eos_token_ids), self.block_manager)
         self.requests: dict[str, Request] = {}
-        self.last_step: StepStats | None = None
         self.last_logits = None
         self.num_steps = 0
-        self.op_profile = OpProfile()
+        self.observers = Observers()
         self._pending = None  # the launched iteration whose tokens are not yet on the host
         if config.tp > 1:
             self._join_tp(rank, workers)
@@ -150,6 +106,21 @@ class LLMEngine:
         if self._driver is not None:
             self._driver.send("plan", plan)
         self.runner.set_plan(plan)
+
+    def set_async_scheduling(self, on: bool) -> None:
+        """Schedule one iteration ahead of the GPU (on) or resolve each iteration's tokens before the next
+        (off); a pending iteration is resolved by the next step either way."""
+        self.config = self.config.replace(async_scheduling=bool(on))
+
+    def add_observer(self, fn: Observer, gpu_time: bool = False) -> None:
+        """Call fn(StepRecord) after every step (engine/observe.py). gpu_time=True: time each launched
+        iteration on the GPU (two CUDA events per step while such an observer is registered)."""
+        self.observers.add(fn, gpu_time)
+        self.runner.time_steps = self.observers.wants_gpu_time
+
+    def remove_observer(self, fn: Observer) -> None:
+        self.observers.remove(fn)
+        self.runner.time_steps = self.observers.wants_gpu_time
 
     @property
     def vocab_size(self) -> int:
@@ -206,39 +177,48 @@ class LLMEngine:
         t0 = time.perf_counter()
         every = self.config.time_ops_every
         if timings is None and every and self.num_steps % every == every - 1:
-            timings = []  # a sampled iteration: per-op CUDA-event timings into op_profile
+            timings = []  # a sampled iteration: per-op CUDA-event timings, for observers
         is_async = self.config.async_scheduling and timings is None
-        outputs, wait = [], 0.0
+        outputs, wait, resolve = [], 0.0, 0.0
         self.last_logits = {} if self.config.keep_logits else None
         if self._pending is not None and not is_async:
-            outs, wait = self._resolve(self._pending)
-            outputs += outs
+            outs, w, r = self._resolve(self._pending)
+            outputs, wait, resolve = outputs + outs, wait + w, resolve + r
             self._pending = None
+        t_sched = time.perf_counter()
         batch: ScheduledBatch = self.scheduler.schedule()
-        handle = None
+        schedule = time.perf_counter() - t_sched
+        handle, launch, index = None, 0.0, -1
         if batch.seqs:
+            t = time.perf_counter()
             handle = self.runner.launch(batch, self._pending, timings)
+            launch = time.perf_counter() - t
             self.scheduler.advance(batch)
+            schedule += time.perf_counter() - t - launch
+            index = self.num_steps
             self.num_steps += 1
         elif self._pending is None and self.scheduler.waiting and not self.scheduler.running:
             raise RuntimeError("scheduler made no progress with an empty cache (a bug: check_fits passed)")
         if self._pending is not None:  # the previous iteration's tokens, while this one runs
-            outs, w = self._resolve(self._pending)
-            outputs, wait = outputs + outs, wait + w
+            outs, w, r = self._resolve(self._pending)
+            outputs, wait, resolve = outputs + outs, wait + w, resolve + r
         self._pending = handle
         if handle is not None and not is_async:
-            outs, w = self._resolve(handle)
-            outputs, wait = outputs + outs, wait + w
+            outs, w, r = self._resolve(handle)
+            outputs, wait, resolve = outputs + outs, wait + w, resolve + r
             self._pending = None
-            if timings:
-                self.op_profile.add(batch, timings)
-        # every step reports (a step that only read back the last tokens launches nothing: 0 tokens)
-        self.last_step = StepStats(batch.num_tokens, batch.num_decode, batch.num_prefill_tokens,
-                                   time.perf_counter() - t0 - wait, wait)
+        if self.observers.active:  # every step reports (one that launched nothing: zero composition)
+            self.observers.emit(StepRecord(
+                index, batch.num_tokens, batch.num_decode, batch.num_prefill_tokens, len(batch.seqs),
+                schedule, launch, resolve, wait, time.perf_counter() - t0 - wait, is_async,
+                replayed=bool(handle is not None and handle.replayed),
+                gpu=handle.gpu if handle is not None else None, op_timings=timings if handle is not None else None,
+                batch=batch, num_outputs=len(outputs)))
         return outputs
 
-    def _resolve(self, handle) -> tuple[list[RequestOutput], float]:
-        """Read a launched iteration's tokens (waiting for that iteration only) and hand them to the scheduler."""
+    def _resolve(self, handle) -> tuple[list[RequestOutput], float, float]:
+        """Read a launched iteration's tokens (waiting for that iteration only) and hand them to the
+        scheduler. -> (outputs, seconds waited on the GPU, seconds of Python after the wait)."""
         t = time.perf_counter()
         sampled = handle.sampled()
         wait = time.perf_counter() - t
@@ -250,7 +230,7 @@ class LLMEngine:
             if o.is_finished:
                 self.runner.sampler.forget(o.request_id)
                 self.requests.pop(o.request_id, None)
-        return outputs, wait
+        return outputs, wait, time.perf_counter() - t - wait
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
                  ) -> list[list[int]]:

@@ -1,9 +1,9 @@
 """CUDA graphs for iterations that mix prefill and decode, one per (tokens, decode rows) bucket, captured
 on a bucket's first use.
 
-Why: an eager mixed iteration of an 8B model is some 350 launches, 14-27 ms of host time on the H200's host
-(scripts/step_anatomy.py, results/reference/h200/step-anatomy-sharegpt.json), as long as the GPU's own work
-for a few hundred tokens, so ShareGPT-like steps ran at the host's pace.
+Why: an eager mixed iteration launches every kernel of every layer from Python, and for a few hundred tokens
+that host time is as long as the GPU's own work, so ShareGPT-like steps ran at the host's pace
+(scripts/step_anatomy.py measures it; results/reference/h200/step-anatomy-sharegpt.json).
 
 Layout of bucket (T, D) for a batch of d decode and p prefill tokens: rows [0, d) decode, [d, D) decode
 padding (context 1, no KV store), [D, D + p) prefill, [D + p, T) padding (in no prefill piece, no KV store,
@@ -31,8 +31,7 @@ TOKEN_STEP = 64
 DECODE_STEP = 32
 MAX_PIECES = 16
 # Capture on first use: a capture's host time hides behind the GPU's work on a big step, and a bucket seen
-# once often comes back. Measured on an H200, llama-3-8b, sequential plan (engine-min-uses.json): first use
-# against second, ShareGPT 1,500 requests 1.14x, constant 1024/512 1.00x (256 captures, 4 replays).
+# once often comes back (first use against second use: README, "Measured"; engine-min-uses.json).
 MIN_USES = 1
 MAX_GRAPHS = 256
 

@@ -5,13 +5,12 @@
 - "cublas": as "grid", and cuBLAS GEMMs with a budget run with an SM-count target of sm_budget SMs
   (torch's experimental SM carveout = num_sms - sm_budget, read when the matmul is launched, so it holds
   inside CUDA graph capture too). torch 2.11 applies the carveout on cuBLASLt paths only (plain torch.mm
-  went through cuBLAS and ignored it: results/reference/h200/partition-probe.json), so the confined matmuls
-  also run through cuBLASLt (partition-probe-cublaslt.json: 617 TFLOP/s on 88 SMs, 803 on all 132).
+  went through cuBLAS and ignored it), so the confined matmuls also run through cuBLASLt.
 - "green": each stream of the plan belongs to a CUDA green context of `stream_sms[k]` SMs
   (torch.cuda.green_contexts); every kernel on that stream is confined by the driver.
 
-Which wins is measured (scripts/partition_probe.py; H200 results in results/reference/h200/partition-probe*):
-none beat plain streams with full grids yet. The plan only names one.
+Which wins is measured, not assumed (README, "Measured"; results/reference/h200/partition-probe*.json): none
+beat plain streams with full grids yet. The plan only names one.
 """
 
 from __future__ import annotations

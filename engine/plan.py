@@ -68,6 +68,17 @@ class PipelinePlan:
     stream_sms: tuple[int | None, ...] = ()
     meta: dict = field(default_factory=dict)
 
+    # ---- identity: what runs, not what it is called -------------------------------------------------
+    def key(self) -> tuple:
+        """Everything that decides how the plan executes; name and meta (notes, provenance) excluded."""
+        return (self.ops, self.num_streams, self.align, self.stream_priorities, self.partition, self.stream_sms)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PipelinePlan) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
     # ---- construction -------------------------------------------------------------------------------
     @staticmethod
     def sequential() -> PipelinePlan:

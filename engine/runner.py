@@ -17,6 +17,7 @@ from engine.kernels import build_cos_sin_cache, get_ops
 from engine.kv_scales import kv_scales_from_weights
 from engine.models.llama import LlamaModel
 from engine.models.weights import load_hf_weights, random_weights
+from engine.observe import GpuSpan
 from engine.pipeline import OpTiming, PlanExecutor
 from engine.plan import PipelinePlan
 from engine.plan_library import resolve_plan
@@ -54,6 +55,8 @@ class StepHandle:
     ready: torch.cuda.Event | None
     logits: torch.Tensor | None
     sample_index: dict[str, int]  # request id -> row in tokens_dev
+    replayed: bool = False  # a captured CUDA graph ran (else the kernels were launched one by one)
+    gpu: GpuSpan | None = None  # marks around forward + logits + sampling, when the runner times steps
 
     def sampled(self) -> list[int | None]:
         """Per scheduled seq: its token, or None where the chunk does not sample. Waits for this step only."""
@@ -90,7 +93,7 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
                         if self.device.type == "cuda" else None)
-        self.plan = resolve_plan(config.plan, self.num_sms)
+        self.plan = resolve_plan(config.plan, self.num_sms, model_cfg)  # none given: default_plan(model)
         self.plan.validate(num_sms=self.num_sms, where=config.plan or "plan")
         t0 = time.perf_counter()
         self.tp = None  # engine/parallel/comm.TPGroup under tensor parallelism
@@ -120,10 +123,8 @@ class ModelRunner:
         self.sampler = Sampler(self.device, config.seed)
         self.graphs = None
         self.mixed_graphs = None
-        # a list to record each launched iteration's (start, end, replayed) around forward + logits + sampling:
-        # CUDA events (the GPU time of the whole iteration; on CPU perf_counter seconds), and whether it
-        # replayed a CUDA graph (else its kernels were launched one by one, a capture's included)
-        self.step_events: list | None = None
+        # set by the engine while an observer wants GPU times: each handle then carries a GpuSpan
+        self.time_steps = False
         self.set_plan(self.plan)
 
     def set_plan(self, plan: PipelinePlan) -> None:
@@ -189,12 +190,7 @@ class ModelRunner:
         """Enqueue the batch's forward and sampling; returns at once on CUDA (tokens come via the handle).
 
         prev: the previous, unresolved iteration, whose sampled tokens feed this one's decode rows."""
-        marks = self.step_events is not None
-        if marks and self.device.type == "cuda":
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-        elif marks:  # CPU ops run as they are called: the host clock times them
-            e0 = time.perf_counter()
+        start = self._mark() if self.time_steps else None
         logits, replayed = None, False
         if self.graphs is not None and timings is None and self.graphs.can_run(batch):
             logits, replayed = self.graphs.run(batch, prev), True
@@ -209,19 +205,23 @@ class ModelRunner:
         tokens = self.sampler.sample(logits, [s.request.params for s in sampling],
                                      [s.request.request_id for s in sampling])
         index = {s.request.request_id: i for i, s in enumerate(sampling)}
-        if marks and self.device.type == "cuda":
-            e1.record()
-            self.step_events.append((e0, e1, replayed))
-        elif marks:
-            self.step_events.append((e0, time.perf_counter(), replayed))
+        span = GpuSpan(start, self._mark()) if start is not None else None
         keep = logits.clone() if self.config.keep_logits else None  # graph outputs are overwritten next replay
         if self.device.type != "cuda":
-            return StepHandle(batch, tokens, tokens, None, keep, index)
+            return StepHandle(batch, tokens, tokens, None, keep, index, replayed, span)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-        return StepHandle(batch, tokens, host, ready, keep, index)
+        return StepHandle(batch, tokens, host, ready, keep, index, replayed, span)
+
+    def _mark(self):
+        """A recorded CUDA event; on CPU the host clock (CPU ops run as they are called)."""
+        if self.device.type != "cuda":
+            return time.perf_counter()
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
 
     def execute(self, batch: ScheduledBatch, timings: list[OpTiming] | None = None):
         """Synchronous launch: -> (sampled token per seq (None where no sample), logits [S, V] or None)."""

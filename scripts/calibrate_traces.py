@@ -21,11 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+from workloads.calibration import COPULA_GRID, build_dataset, probability_levels
+from workloads.readers import read_trace
 
-from workloads.calibration import COPULA_GRID, build_dataset, probability_levels  # noqa: E402
-from workloads.readers import read_trace  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # where the checkout's traces and data file sit
 
 DATASETS = {
     "sharegpt": "ShareGPT conversations as tokenized by the NanoFlow authors (unfiltered)",

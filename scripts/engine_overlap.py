@@ -1,8 +1,8 @@
 """Issue 4, end to end: overlapped nano-batch plans against the sequential plan, one warm engine, one GPU.
 
-    PYTHONPATH=. python scripts/engine_overlap.py --plans sequential,nb2-cublas-sm33 \
+    python scripts/engine_overlap.py --plans sequential,nb2-cublas-sm33 \
         --out results/reference/h200/engine-overlap.json [--probe .../partition-probe.json]
-    PYTHONPATH=. python scripts/engine_overlap.py --device cpu --model tiny-llama \
+    python scripts/engine_overlap.py --device cpu --model tiny-llama \
         --workloads c512x512:8 --plans sequential,nb2 --out /tmp/o.json          # the script itself, on CPU
 
 Every workload runs under every plan (same weights and KV cache, plan switched in place; plan names as
@@ -13,7 +13,8 @@ The first plan is the baseline: each other plan's ratio is its total token throu
 on the same trace in the same run.
 Every `--time-ops-every`th iteration is timed per op by CUDA events; for `--gantt-workload` the sampled
 iteration nearest the baseline's median composition is drawn per plan, ops on their streams over time.
-The micro-pair result of scripts/partition_probe.py can be folded in with --probe. Writes one JSON with the
+The micro-pair result of a partition probe (results/reference/h200/partition-probe.json) can be folded in
+with --probe. Writes one JSON with the
 environment (incrementally, so an interrupted run keeps what it measured) and the Gantt figure beside it.
 """
 
@@ -26,10 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine_throughput import make_trace, run_one  # noqa: E402  (the sibling script's helpers)
+from nanotune.bench.experiments import make_trace, run_one
 
 EAGER_MIXED = "@eager-mixed"
 MIN_USES = "@min-uses-"
@@ -80,7 +78,7 @@ def main() -> None:
                     help="run each workload's first N requests under every plan first, unmeasured, so no plan "
                          "pays Triton compiles (a fresh machine's first plan otherwise does)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--probe", default=None, help="partition_probe.py JSON whose micro pair to include")
+    ap.add_argument("--probe", default=None, help="partition-probe JSON whose micro pair to include")
     ap.add_argument("--resume-from", default=None,
                     help="an earlier engine_overlap JSON with the same plans: keep its workloads, run the rest")
     ap.add_argument("--device", default="cuda")
@@ -90,6 +88,7 @@ def main() -> None:
     import torch
 
     from engine import EngineConfig, LLMEngine
+    from engine.observe import OpProfile
     from engine.plan_library import resolve_plan
     from nanotune.results import environment, write_json_atomic
     from nanotune.results.peak import peak_flops
@@ -139,14 +138,15 @@ def main() -> None:
                 engine.runner.mixed_graphs.min_uses = int(label.split(MIN_USES)[1])
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            r = run_one(engine, f"{name}-{label}", trace, peak, args.warmups, args.device)
+            profile = OpProfile()
+            r = run_one(engine, f"{name}-{label}", trace, peak, args.warmups, args.device, profile)
             mixed = engine.runner.mixed_graphs
             r["mixed_graphs"] = None if mixed is None else {"captured": len(mixed.graphs),
                                                             "replays": mixed.num_replays,
                                                             "min_uses": mixed.min_uses}
             r.pop("backend", None)
             runs["plans"][label] = r
-            samples[label] = engine.op_profile.samples
+            samples[label] = profile.samples
             m = r["metrics"]
             print(f"{name:10s} {label:26s} {m['total_token_throughput']:9.0f} tok/s  eff {m['efficiency']:.3f}"
                   f"  host {r['host_fraction'] or 0:.1%}", flush=True)

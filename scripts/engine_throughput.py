@@ -18,57 +18,8 @@ import gc
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-WORKLOADS = {  # short name (used in result keys and name[:count] lists) -> (workload spec, default count)
-    "c1024x512": ("constant:1024:512", 1200),
-    "c512x512": ("constant:512:512", 1500),
-    "c512x1024": ("constant:512:1024", 1000),
-    "sharegpt": ("sharegpt", 2000),  # each dataset with its default filter (workloads.spec.DEFAULT_FILTERS)
-    "lmsys": ("lmsys", 3000),
-    "splitwise": ("splitwise", 1000),
-}
-
-
-def make_trace(name: str, n: int | None, seed: int):
-    """The trace of a short name, through the one workload parser bench and search use."""
-    from workloads import parse_workload
-
-    spec, default_n = WORKLOADS[name]
-    return parse_workload(spec, n or default_n, seed).load()
-
-
-def subset(trace, n: int):
-    from workloads.trace import Trace
-
-    return Trace(list(trace.requests)[:n], {**trace.meta, "count": n, "subset_of": trace.meta.get("count")})
-
-
-def run_one(engine, label: str, trace, peak, warmups: int, device: str) -> dict:
-    from nanotune.bench.backends.inprocess import EngineBackend
-    from nanotune.bench.config import BenchConfig
-    from nanotune.bench.requests import admit
-    from nanotune.bench.runner import run_bench
-
-    engine.op_profile.__init__()
-    trace = admit(trace, max_model_len=engine.max_model_len)  # what cannot run is dropped and counted, not failed
-    cfg = BenchConfig(trace=label, engine="nanoflow", model=engine.model_config.name, device=device,
-                      num_warmups=warmups)
-    backend = EngineBackend(engine, name=label, info={"plan": engine.runner.plan.to_dict()})
-    outcome = run_bench(cfg, trace, backend, peak)
-    m = outcome.result["metrics"]
-    keep = ["completed", "failed", "duration", "total_input_tokens", "total_output_tokens",
-            "request_throughput", "output_throughput", "total_token_throughput",
-            "optimal_total_token_throughput", "efficiency", "mean_ttft_ms", "mean_tpot_ms",
-            "normalized_latency_ms", "steady_window_start_s", "steady_window_end_s", "steady_total_token_throughput",
-            "steady_efficiency"]
-    steps = outcome.result["points"][-1]["runs"][-1]["backend"]  # the measured phase, warm-up excluded
-    return {"metrics": {k: m.get(k) for k in keep}, "op_profile": engine.op_profile.summary(),
-            "host_fraction": steps.get("host_fraction"), "host_ms_per_step": steps.get("host_ms_per_step"),
-            "mean_step_tokens": steps.get("mean_tokens_per_step"), "num_steps": steps.get("num_steps"),
-            "num_preemptions": engine.stats()["num_preemptions"], "backend": steps}
+from nanotune.bench.experiments import make_trace, run_hf, run_one, subset
 
 
 def main() -> None:
@@ -147,9 +98,9 @@ def main() -> None:
                   f"host {r['host_fraction']:.1%}  steps {r['num_steps']}", flush=True)
     if args.compare_sync:  # the same workload and plan with the host in the loop between iterations
         engine.set_plan(plans[0])
-        engine.config = engine.config.replace(async_scheduling=False)
+        engine.set_async_scheduling(False)
         r = run_one(engine, f"{names[0]}-{plans[0].name}-sync", traces[names[0]], peak, args.warmups, args.device)
-        engine.config = engine.config.replace(async_scheduling=True)
+        engine.set_async_scheduling(True)
         async_tps = out["workloads"][names[0]]["plans"][plans[0].name]["metrics"]["total_token_throughput"]
         out["sync_scheduling"] = {"workload": names[0], "plan": plans[0].name, **r,
                                   "async_over_sync": async_tps / r["metrics"]["total_token_throughput"]}
@@ -169,25 +120,6 @@ def main() -> None:
     save()
     print(json.dumps({w: {p: round(v["metrics"]["efficiency"], 4) for p, v in d["plans"].items()}
                       for w, d in out["workloads"].items()}))
-
-
-def run_hf(model: str, trace, peak, seed: int, device: str) -> dict:
-    from nanotune.bench.backends.hf import load_hf_backend
-    from nanotune.bench.config import BenchConfig
-    from nanotune.bench.runner import run_bench
-
-    lengths = [(r.prompt_len, r.output_len) for r in trace.requests]
-    backend = load_hf_backend(model, device, "bfloat16" if device == "cuda" else "float32", "sdpa", seed,
-                               lengths)
-    try:
-        res = run_bench(BenchConfig(trace="hf", engine="hf", model=model, device=device, num_warmups=2),
-                        trace, backend, peak).result
-    finally:
-        backend.close()
-    m = res["metrics"]
-    return {"metrics": {k: m.get(k) for k in ("completed", "failed", "duration", "total_token_throughput",
-                                              "output_throughput", "efficiency", "mean_tpot_ms")},
-            "engine": res["engine"]}
 
 
 if __name__ == "__main__":

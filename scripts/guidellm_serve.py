@@ -18,19 +18,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from nanotune.results import environment
+from nanotune.results.store import write_json_atomic
+from nanotune.serve.process import start_server
+from nanotune.serve.run import free_port
+from nanotune.serve.testing import save_tiny_chat_checkpoint
 
-from serve_vs_inprocess import start_server  # noqa: E402
-
-from nanotune.results import environment  # noqa: E402
-from nanotune.results.store import write_json_atomic  # noqa: E402
-from nanotune.serve.run import free_port  # noqa: E402
-from nanotune.serve.testing import save_tiny_chat_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the server process's PYTHONPATH: this checkout
 
 
 def main() -> None:

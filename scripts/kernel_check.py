@@ -1,7 +1,7 @@
 """Check and time the engine's Triton kernels at Llama-3-8B shapes on the local GPU, in one call.
 
-    PYTHONPATH=. python scripts/kernel_check.py --out $OUT/kernel_check.json [--quick]
-    PYTHONPATH=. python scripts/kernel_check.py --dry-run    # CPU, TRITON_INTERPRET=1, tiny shapes
+    python scripts/kernel_check.py --out $OUT/kernel_check.json [--quick]
+    python scripts/kernel_check.py --dry-run    # CPU, TRITON_INTERPRET=1, tiny shapes
 
 Each kernel: max relative error (max |out - ref| / max |ref|) against its torch reference on fresh random
 bf16 inputs, then its median time (triton.testing.do_bench, which flushes L2 before every run; operands are
@@ -18,9 +18,7 @@ import argparse
 import functools
 import json
 import os
-import platform
 import random
-import subprocess
 import time
 
 SHAPES = {  # Llama-3-8B; --dry-run shrinks everything
@@ -39,19 +37,14 @@ def parse_args():
     return ap.parse_args()
 
 
-def environment(torch, triton, dev) -> dict:
-    env = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-           "cuda": torch.version.cuda, "device": str(dev)}
+def kernel_environment(torch, dev) -> dict:
+    """The one environment block (nanotune.results.environment), plus the device and its L2 size: operands
+    larger than L2 are part of what the timings mean."""
+    from nanotune.results import environment
+
+    env = {**environment(), "device": str(dev)}
     if dev.type == "cuda":
-        p = torch.cuda.get_device_properties(dev)
-        env.update(gpu=p.name, sm_count=p.multi_processor_count, memory_gib=round(p.total_memory / 2**30, 1),
-                   l2_mib=round(getattr(p, "L2_cache_size", 0) / 2**20, 1))
-    for key, cmd in [("driver", ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
-                     ("git_sha", ["git", "rev-parse", "--short", "HEAD"])]:
-        try:
-            env[key] = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            env[key] = None
+        env["l2_mib"] = round(getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 0) / 2**20, 1)
     return env
 
 
@@ -288,7 +281,7 @@ def main():
         raise SystemExit("no CUDA GPU: --dry-run runs the code paths on CPU (TRITON_INTERPRET=1)")
     S, t_start = SHAPES["dry" if args.dry_run else "full"], time.time()
     bench = Bench(triton, dev, args.quick)
-    result = {"environment": environment(torch, triton, dev), "shapes": S, "quick": args.quick,
+    result = {"environment": kernel_environment(torch, dev), "shapes": S, "quick": args.quick,
               "timing": "triton.testing.do_bench median, L2 flushed before each run; operands larger than L2",
               "max_rel_err": "max |out - ref| / max |ref| against the torch reference", "tolerance": TOL}
     from nanotune.results import copy_bandwidth_gbs

@@ -1,10 +1,10 @@
 """Does `nanotune search`'s performance model rank plans the way the engine does? Checked on CPU against a
 measured scripts/engine_overlap.py run.
 
-    PYTHONPATH=. python scripts/model_check.py results/reference/h200/engine-overlap.json \
+    python scripts/model_check.py results/reference/h200/engine-overlap.json \
         --profile results/reference/h200/profile-llama-3-8b-tp1.json \
         --out results/reference/h200/search-model-check.json
-    PYTHONPATH=. python scripts/model_check.py RUN_A.json RUN_B.json:c1024x512 --plans sequential,nb2 ...
+    python scripts/model_check.py RUN_A.json RUN_B.json:c1024x512 --plans sequential,nb2 ...
 
 Several runs may be pooled; RUN.json:W1+W2 takes only those workloads of a run, --plans only those plan
 labels (the first is each workload's baseline).
@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine_throughput import make_trace  # noqa: E402
+from nanotune.bench.experiments import make_trace
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Issue 16's measurement: whole offline runs against Eq. 5's optimum and the power-aware bound, per workload,
 KV dtype and plan, in one process on one warm GPU.
 
-    PYTHONPATH=. python scripts/power_bound.py --out $OUT                      # H200: 800 requests each
-    PYTHONPATH=. python scripts/power_bound.py -n 100 --workloads c1024x512,sharegpt --out $OUT   # minutes
-    PYTHONPATH=. python scripts/power_bound.py --smoke --out /tmp/pb           # CPU, tiny-llama, seconds
+    python scripts/power_bound.py --out $OUT                      # H200: 800 requests each
+    python scripts/power_bound.py -n 100 --workloads c1024x512,sharegpt --out $OUT   # minutes
+    python scripts/power_bound.py --smoke --out /tmp/pb           # CPU, tiny-llama, seconds
 
 First the card's limits: --profile FILE (a profile with a power section), else `nanotune profile --quick
 --power-only` measured here (about a minute on a GPU). Then the GEMM peak (Eq. 5). Then, per KV dtype (fp8
@@ -23,15 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nanotune.bench.experiments import WORKLOADS, make_trace
 
-WORKLOADS = {  # name -> (generator, params)
-    "c1024x512": ("constant", {"input_len": 1024, "output_len": 512}),
-    "c512x1024": ("constant", {"input_len": 512, "output_len": 1024}),
-    "sharegpt": ("sharegpt", {"filter": "vllm"}),
-    "lmsys": ("lmsys", {"filter": "vllm"}),
-    "splitwise": ("splitwise", {"filter": "max-len:4096"}),
-}
+DEFAULT_WORKLOADS = "c1024x512,c512x1024,sharegpt,lmsys,splitwise"  # names of nanotune.bench.experiments
 SMOKE_CAPS = (48, 12)  # prompt, output caps of the CPU check
 
 
@@ -60,13 +54,6 @@ def load_rates(args, out_dir: Path) -> tuple[object, str]:
     return rates_from_profile(profile, path), path
 
 
-def make_trace(name: str, n: int, seed: int):
-    from workloads import generate
-
-    gen, params = WORKLOADS[name]
-    return generate(gen, n, seed, **params)
-
-
 def run_one(engine, label: str, trace, peak, bound, warmups: int, device: str, caps) -> dict:
     from nanotune.bench.backends.inprocess import EngineBackend
     from nanotune.bench.config import BenchConfig
@@ -75,7 +62,10 @@ def run_one(engine, label: str, trace, peak, bound, warmups: int, device: str, c
     cfg = BenchConfig(trace=label, engine="nanoflow", model=engine.model_config.name, device=device,
                       num_warmups=warmups, caps=caps)
     backend = EngineBackend(engine, name=label, info={"plan": engine.runner.plan.name})
-    res = run_bench(cfg, trace, backend, peak, bound=bound).result
+    try:
+        res = run_bench(cfg, trace, backend, peak, bound=bound).result
+    finally:
+        backend.close()  # unregisters its step observer from the engine, which the next run reuses
     m = res["metrics"]
     run = res["points"][-1]["runs"][-1]
     keep = ("completed", "failed", "duration", "total_input_tokens", "total_output_tokens",
@@ -103,7 +93,7 @@ def figure(out: dict, path: Path) -> Path | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama-3-8b")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of name[:count], names: "
+    ap.add_argument("--workloads", default=DEFAULT_WORKLOADS, help="comma list of name[:count], names: "
                                                                      + ", ".join(WORKLOADS))
     ap.add_argument("-n", type=int, default=800, help="requests per workload (name:count overrides)")
     ap.add_argument("--kv-dtypes", default="bf16,fp8")

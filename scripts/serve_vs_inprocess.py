@@ -18,28 +18,24 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import httpx
 
-import httpx  # noqa: E402
+from nanotune.results import environment
+from nanotune.results.store import write_json_atomic
+from nanotune.serve.process import nanotune_command as nanotune
+from nanotune.serve.process import start_server
+from nanotune.serve.run import free_port
 
-from nanotune.results import environment  # noqa: E402
-from nanotune.results.store import write_json_atomic  # noqa: E402
-from nanotune.serve.run import free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the child processes' PYTHONPATH: this checkout
 
 FULL = dict(model="llama-3-8b", device="cuda", trace=["--trace", "sharegpt", "--filter", "vllm", "-n", "240"],
             rates="10,20,40,inf", start_timeout=600)
 SMOKE = dict(model="tiny-llama", device="cpu", trace=["--trace", "constant", "--input-len", "32",
                                                       "--output-len", "8", "-n", "8"],
              rates="8,inf", start_timeout=120)
-
-
-def nanotune(*args):
-    return [sys.executable, "-m", "nanotune", *args]
 
 
 def run_bench(args: list[str], results: Path, env: dict) -> dict:
@@ -51,23 +47,6 @@ def run_bench(args: list[str], results: Path, env: dict) -> dict:
         raise SystemExit(f"nanotune bench failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     (run_dir,) = set(results.iterdir()) - before
     return json.loads((run_dir / "result.json").read_text())
-
-
-def start_server(model: str, device: str, port: int, env: dict, timeout: float, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(nanotune("serve", "--model", model, "--device", device, "--port", str(port)),
-                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"nanotune serve exited ({proc.returncode}): {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    proc.terminate()
-    raise SystemExit(f"nanotune serve did not answer /health within {timeout:.0f} s")
 
 
 def points(result: dict) -> list[dict]:

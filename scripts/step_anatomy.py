@@ -1,18 +1,22 @@
 """Where one engine step's time goes, host and GPU, and what CUDA graphs would buy for mixed batches.
 
-    PYTHONPATH=. python scripts/step_anatomy.py --out results/reference/h200/step-anatomy.json
-    PYTHONPATH=. python scripts/step_anatomy.py --device cpu --model tiny-llama --workloads sharegpt:16 \
+    python scripts/step_anatomy.py --out results/reference/h200/step-anatomy.json
+    python scripts/step_anatomy.py --device cpu --model tiny-llama --workloads sharegpt:16 \
         --out /tmp/a.json                                              # the script itself, on CPU
 
-Part 1 (async scheduling, as bench runs): every workload runs under every plan with the host phases of each
-step timed by wrapping the engine's own methods (schedule, build inputs, launch the forward, logits,
-sampling, graph replay, advance, resolve), next to the step's wall time and composition.
+Part 1 (async scheduling, as bench runs): every workload runs under every plan; each step's host phases
+come from the engine's observer records (engine/observe.py: schedule + advance, launch (build inputs,
+enqueue the forward or replay a graph, sampling), resolve, wait on the GPU), next to the step's wall time,
+composition and whether it replayed a CUDA graph.
 
 Part 2 (synchronous steps): every `--every`th mixed prefill+decode step is run again, after the engine's
-own run of it, three ways over the same inputs: eager launches back to back (host launch ms, and the GPU's
-ms per forward from CUDA events: launch gaps included), and the same forward captured as one CUDA graph
-and replayed (GPU ms with no launch gaps). Re-running a step rewrites the same KV slots with the same
-values, so the run itself is unchanged. Writes JSON with the environment.
+own run of it (an observer picks it), three ways over the same shapes: eager launches back to back (host
+launch ms, and the GPU's ms per forward from CUDA events: launch gaps included), and the same forward
+captured as one CUDA graph and replayed (GPU ms with no launch gaps). A step is rebuilt after it ran, so its
+decode rows carry their newest token: the re-runs write other values into those KV slots. Shapes, and so
+timings, are those of the step; the run's tokens change (random weights, outputs forced to the trace's
+lengths, so the run's shape does not). Steps in which a request finished are skipped (its blocks are free).
+Writes JSON with the environment.
 """
 
 from __future__ import annotations
@@ -21,76 +25,44 @@ import argparse
 import statistics
 import sys
 import time
-from collections import defaultdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nanotune.bench.experiments import make_trace
 
-from engine_throughput import make_trace  # noqa: E402
-
-PHASES = {"scheduler": ("schedule", "advance", "resolve"), "builder": ("build",),
-          "executor": ("forward",), "model": ("logits",), "sampler": ("sample",), "graphs": ("run",)}
-
-
-def wrap_phases(engine, acc: dict) -> list:
-    """Time the engine's host phases (perf_counter) into acc[name] (ms summed over the current step).
-    -> the (object, method name) pairs wrapped, for unwrap()."""
-    owners = {"scheduler": engine.scheduler, "builder": engine.runner.builder,
-              "executor": engine.runner.executor, "model": engine.runner.model,
-              "sampler": engine.runner.sampler, "graphs": engine.runner.graphs}
-    wrapped = []
-    for owner, names in PHASES.items():
-        obj = owners[owner]
-        for name in names:
-            if obj is None:
-                continue
-            fn = getattr(obj, name)
-
-            def timed(*a, _fn=fn, _key=f"{owner}.{name}", **k):
-                t = time.perf_counter()
-                try:
-                    return _fn(*a, **k)
-                finally:
-                    acc[_key] += 1e3 * (time.perf_counter() - t)
-
-            setattr(obj, name, timed)  # an instance attribute over the class's method
-            wrapped.append((obj, name))
-    return wrapped
-
-
-def unwrap(wrapped: list) -> None:
-    for obj, name in wrapped:
-        delattr(obj, name)
+PHASES = ("schedule", "launch", "resolve", "wait", "host")
 
 
 def part1(engine, trace) -> dict:
     steps = []
-    acc = defaultdict(float)
-    wrapped = wrap_phases(engine, acc)
     vocab = engine.vocab_size
     for r in trace.requests:
         ids = list(r.prompt_ids) if r.prompt_ids else [1 + i % (vocab - 1) for i in range(r.prompt_len)]
         engine.add_request(ids, _params(r.output_len))
-    t_prev = time.perf_counter()
-    while engine.has_unfinished():
-        acc.clear()
-        engine.step()
+    t_prev = [time.perf_counter()]
+
+    def observe(rec) -> None:  # one record per step, emitted at its end
         now = time.perf_counter()
-        s = engine.last_step
-        steps.append({"tokens": s.num_tokens, "decode": s.num_decode, "wall_ms": 1e3 * (now - t_prev),
-                      "host_ms": 1e3 * s.host_s, "wait_ms": 1e3 * s.wait_s, **{k: round(v, 3) for k, v in acc.items()}})
-        t_prev = now
-    unwrap(wrapped)
-    keys = sorted({k for s in steps for k in s} - {"tokens", "decode"})
+        steps.append({"tokens": rec.num_tokens, "decode": rec.num_decode, "replayed": rec.replayed,
+                      "wall_ms": 1e3 * (now - t_prev[0]),
+                      **{f"{k}_ms": round(1e3 * getattr(rec, f"{k}_s"), 3) for k in PHASES}})
+        t_prev[0] = now
+
+    engine.add_observer(observe)
+    try:
+        while engine.has_unfinished():
+            engine.step()
+    finally:
+        engine.remove_observer(observe)
+    keys = [f"{k}_ms" for k in PHASES] + ["wall_ms"]
     mixed = [s for s in steps if s["tokens"] > s["decode"] > 0]
     decode_only = [s for s in steps if s["tokens"] == s["decode"] > 0]
     mean = lambda rows, k: round(statistics.fmean(r.get(k, 0.0) for r in rows), 3) if rows else None  # noqa: E731
+    share = lambda rows: round(sum(r["replayed"] for r in rows) / len(rows), 4) if rows else None  # noqa: E731
     return {"num_steps": len(steps), "wall_s": round(sum(s["wall_ms"] for s in steps) / 1e3, 3),
             "mixed": {"num_steps": len(mixed), "mean_tokens": mean(mixed, "tokens"),
-                      "mean_decode": mean(mixed, "decode"), "mean_ms": {k: mean(mixed, k) for k in keys}},
+                      "mean_decode": mean(mixed, "decode"), "replayed": share(mixed),
+                      "mean_ms": {k: mean(mixed, k) for k in keys}},
             "decode_only": {"num_steps": len(decode_only), "mean_tokens": mean(decode_only, "tokens"),
-                            "mean_ms": {k: mean(decode_only, k) for k in keys}}}
+                            "replayed": share(decode_only), "mean_ms": {k: mean(decode_only, k) for k in keys}}}
 
 
 def _params(n):
@@ -141,26 +113,23 @@ def measure_batch(runner, batch, repeats: int) -> dict:
 
 def part2(engine, trace, every: int, limit: int, repeats: int, skip: int) -> list[dict]:
     runner, rows, count = engine.runner, [], [0]
-    launch = runner.launch
 
-    def hooked(batch, prev=None, timings=None):
-        h = launch(batch, prev, timings)
-        if batch.num_tokens > batch.num_decode > 0 and len(rows) < limit:
-            count[0] += 1
-            if count[0] > skip and count[0] % every == 0:
-                h.sampled()  # this step is done: its inputs rebuild exactly (no pending tokens)
-                rows.append(measure_batch(runner, batch, repeats))
-                print(f"  {rows[-1]}", flush=True)
-        return h
+    def observe(rec) -> None:  # synchronous steps: the iteration is done when its record arrives
+        b = rec.batch
+        if not rec.launched or not b.num_tokens > b.num_decode > 0 or len(rows) >= limit:
+            return
+        count[0] += 1
+        if count[0] > skip and count[0] % every == 0 and not any(s.request.is_finished for s in b.seqs):
+            rows.append(measure_batch(runner, b, repeats))
+            print(f"  {rows[-1]}", flush=True)
 
-    runner.launch = hooked
-    old = engine.config
-    engine.config = old.replace(async_scheduling=False)
+    engine.set_async_scheduling(False)
+    engine.add_observer(observe)
     try:
         engine.generate_trace(trace.requests)
     finally:
-        engine.config = old
-        del runner.launch
+        engine.remove_observer(observe)
+        engine.set_async_scheduling(True)
     return rows
 
 
@@ -187,7 +156,7 @@ def main() -> None:
     engine = LLMEngine(EngineConfig(model=args.model, device=args.device, time_ops_every=0,
                                     max_num_batched_tokens=args.max_num_batched_tokens,
                                     max_num_seqs=args.max_num_seqs))
-    out = {"schema": "nanotune.step-anatomy/1", "command": " ".join(sys.argv), "environment": environment(),
+    out = {"schema": "nanotune.step-anatomy/2", "command": " ".join(sys.argv), "environment": environment(),
            "model": engine.model_config.name, "engine_config": {"max_num_batched_tokens": args.max_num_batched_tokens,
                                                                 "max_num_seqs": args.max_num_seqs},
            "runs": {}}

@@ -58,7 +58,10 @@ def run_trace(engine, label: str, trace, peak, warmups: int, device: str) -> dic
     cfg = BenchConfig(trace=label, engine="nanoflow", model=engine.model_config.name, device=device,
                       num_warmups=warmups)
     backend = EngineBackend(engine, name=label)
-    outcome = run_bench(cfg, trace, backend, peak)
+    try:
+        outcome = run_bench(cfg, trace, backend, peak)
+    finally:
+        backend.close()  # its step observer leaves the engine, which the next run reuses
     m = outcome.result["metrics"]
     tp = engine.config.tp
     keep = ["completed", "failed", "duration", "total_token_throughput", "optimal_total_token_throughput",
@@ -78,16 +81,21 @@ def op_shares(engine, trace, num_requests: int) -> dict:
     """A short pass with per-op timings on every step: each op's time per iteration and share of it."""
     import numpy as np
 
+    from engine.observe import OpProfile
     from engine.request import SamplingParams
 
-    engine.op_profile.__init__()
+    profile = OpProfile()  # an observer: it sums the per-op timings of every timed step
     rng = np.random.default_rng(1)
     for r in list(trace.requests)[:num_requests]:
         engine.add_request(rng.integers(0, engine.vocab_size, r.prompt_len).tolist(),
                            SamplingParams(max_tokens=r.output_len, ignore_eos=True))
-    while engine.has_unfinished():
-        engine.step([])
-    s = engine.op_profile.summary()
+    engine.add_observer(profile)
+    try:
+        while engine.has_unfinished():
+            engine.step([])
+    finally:
+        engine.remove_observer(profile)
+    s = profile.summary()
     it = s["mean_iteration_ms"] or float("nan")
     ar = sum(s["mean_op_ms"].get(op, 0.0) for op in ALLREDUCE_OPS)
     return {"num_iterations": s["num_iterations"], "mean_iteration_ms": it, "mean_op_ms": s["mean_op_ms"],

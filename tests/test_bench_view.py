@@ -52,3 +52,24 @@ def test_sweep_table_marks_best_rate():
     text = render(sweep_table(result))
     assert "2 *" in text and "90%" in text
     assert sweep_table({"sweep": None}) is None
+
+
+def test_live_view_shows_the_engine_s_last_step_from_its_observer_record():
+    from engine import EngineConfig, LLMEngine
+    from nanotune.bench.backends.inprocess import EngineBackend
+    from nanotune.bench.records import BenchRequest, RequestRecord
+
+    eng = LLMEngine(EngineConfig(model="tiny-llama-micro", device="cpu", dtype="float32"))
+    backend = EngineBackend(eng)
+    backend.begin(0.0)
+    assert "step" not in backend.stats() and eng.observers.active  # registered, nothing stepped yet
+    req = BenchRequest(0, 0.0, (1, 2, 3, 4, 5), 3)
+    backend.submit(req, RequestRecord(req.request_id, 5, 3, 0.0))
+    backend.poll(0.0)
+    step = backend.stats()["step"]
+    assert step["num_tokens"] == 5 and step["num_decode"] == 0 and step["host_ms"] > 0
+    view = LiveView(Console(file=io.StringIO()), enabled=True)
+    text = render(view.render(Progress(1.0, 0, 0, 1, 0, 0, backend.stats())))
+    assert "5 tokens (0 decode)" in text
+    backend.close()
+    assert not eng.observers.active  # close() unregisters it

@@ -8,7 +8,7 @@ import pytest
 
 from engine.errors import EngineConfigError
 from engine.plan import COLLECTIVE_OPS, OpInstance, PipelinePlan
-from engine.plan_library import resolve_plan
+from engine.plan_library import MAX_NANO_BATCHES, nano_batch_plan, resolve_plan
 from engine.presets import get_preset
 from engine.sizing import check_tp, default_max_model_len, min_tp_that_fits, shard_shapes
 
@@ -41,6 +41,32 @@ def test_own_stream_plan_overlaps_and_partial_placement_is_refused():
     half = PipelinePlan("x", (*PipelinePlan.sequential().ops, OpInstance("o_allreduce", 0.0, 0.5)))
     with pytest.raises(EngineConfigError, match="o_allreduce' instances end at 0.5"):
         half.validate()
+
+
+@pytest.mark.parametrize("kw", [dict(issue_order="pipelined"), dict(attention_stream=False),
+                                dict(edges=[0.0, 0.3, 0.7, 1.0], issue_order="pipelined")])
+def test_the_one_builder_places_collectives_on_their_own_stream_in_every_order(kw):
+    n = len(kw.get("edges", [0, 0, 0, 0])) - 1
+    plan = nano_batch_plan(n, collective_stream=True, **kw)
+    plan.validate()
+    coll = plan.num_streams - 1  # the last stream, after attention's (if any)
+    assert coll == (2 if kw.get("attention_stream", True) else 1) and len(plan.stream_priorities) == plan.num_streams
+    assert plan.with_collectives() == plan  # every collective placed: nothing left implied
+    for op, src in COLLECTIVE_OPS.items():
+        placed = [i for i in plan.ops if i.op == op]
+        assert {i.stream for i in placed} == {coll}
+        assert [(i.lo, i.hi) for i in placed] == [(i.lo, i.hi) for i in plan.ops if i.op == src]
+        for inst in placed:  # each all-reduce is issued after its GEMM's rows
+            k = plan.ops.index(inst)
+            assert any(o.op == src and o.lo == inst.lo for o in plan.ops[:k])
+    assert plan.name.endswith("-ar")
+
+
+def test_the_one_builder_keeps_the_nano_batch_cap():
+    with pytest.raises(EngineConfigError, match=f"1..{MAX_NANO_BATCHES}"):
+        nano_batch_plan(MAX_NANO_BATCHES + 1)
+    with pytest.raises(EngineConfigError, match=f"1..{MAX_NANO_BATCHES}"):
+        resolve_plan(f"nb{MAX_NANO_BATCHES + 1}")
 
 
 def test_sizing():

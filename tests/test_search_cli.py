@@ -10,7 +10,7 @@ from test_search_helpers import LLAMA_70B_SHAPES, h200_like_profile_dict, write
 
 import nanotune.search.resolve as resolve
 import nanotune.search.run as run
-from engine.plan import PipelinePlan
+from engine.tuned import load_tuned
 from nanotune.cli import main
 
 
@@ -60,8 +60,11 @@ def test_llama_70b_tp8_from_a_profile_writes_plan_result_and_plots(cpu, profile_
     result = json.loads((d / "result.json").read_text())
     assert result["kind"] == "search" and result["model"] == "llama-3-70b" and result["tp"] == 8
     assert result["study"]["num_trials"] == 15 and (d / "study.db").exists() and (d / "trials.csv").exists()
-    plan = PipelinePlan.load(d / "plan.json")
-    assert plan.meta["engine"]["max_num_batched_tokens"] == result["best"]["dense_batch_tokens"]
+    tuned = load_tuned(d / "tuned.json")  # search writes the tuned config (plan + limits + model)
+    assert result["files"]["plan"] == "tuned.json" and tuned.model == "llama-3-70b" and tuned.tp == 8
+    assert tuned.max_num_batched_tokens == result["best"]["dense_batch_tokens"]
+    assert tuned.max_num_seqs == result["best"]["max_num_seqs"]
+    assert tuned.plan.name == result["best"]["plan"]
     assert result["best"]["total_token_throughput"] >= result["baselines"]["sequential"]["total_token_throughput"]
     assert {"sequential", "default", "nb2"} <= set(result["baselines"])
     assert {"history", "importances", "gantt"} <= set(result["plots"]), result["plots_skipped"]
@@ -120,7 +123,7 @@ def test_both_objectives_give_a_pareto_front(cpu, profile_70b):
     result = json.loads((d / "result.json").read_text())
     assert result["study"]["sampler"] == "NSGAIISampler" and result["pareto"]
     for p in result["pareto"]:
-        PipelinePlan.load(d / p["plan_file"])
+        load_tuned(d / p["plan_file"]).plan.validate()
     tp = [(p["total_token_throughput"], p["tpot_ms"]) for p in result["pareto"]]
     assert tp == sorted(tp, reverse=True)  # faster plans pay with longer TPOT along the front
     assert "pareto" in result["plots"], result["plots_skipped"]

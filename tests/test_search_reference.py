@@ -5,7 +5,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from engine.plan import PipelinePlan
+from engine.tuned import load_tuned
 from nanotune.cli import main
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "h200"
@@ -21,5 +21,5 @@ def test_search_llama_70b_tp8_from_committed_reference_profile(tmp_path):
     [result] = list(tmp_path.glob("*-search-*/result.json"))
     res = json.loads(result.read_text())
     assert res["tp"] == 8 and res["best"]["total_token_throughput"] > 0
-    plan = PipelinePlan.load(result.parent / "plan.json")  # what bench --plan takes
+    plan = load_tuned(result.parent / "tuned.json").plan  # what bench --plan takes
     plan.validate(num_sms=132)

@@ -10,7 +10,7 @@ from nanotune.profile.ops import Shard
 from nanotune.search.capacity import WorkloadStats
 from nanotune.search.objective import Objective, SearchContext, evaluate
 from nanotune.search.profiledata import load_profile
-from nanotune.search.space import Infeasible, baseline_params, build_plan, edges, suggest_params
+from nanotune.search.space import Infeasible, baseline_params, build_plan, edges, suggest_params, tuned_config
 
 
 def context(tmp_path, **kw) -> SearchContext:
@@ -39,6 +39,10 @@ def test_random_draws_build_valid_plans_or_are_pruned(tmp_path):
 def test_nb2_baseline_is_the_hand_written_plan():
     assert build_plan(baseline_params("nb2"), "x").ops == nano_batch_plan(2).ops
     assert build_plan(baseline_params("sequential"), "x").ops == PipelinePlan.sequential().ops
+    # one builder: the space's points are the library's plans, equal as plans (names and meta aside)
+    assert build_plan(baseline_params("nb2"), "x") == nano_batch_plan(2)
+    assert build_plan(baseline_params("sequential"), "x") == PipelinePlan.sequential()
+    assert build_plan(baseline_params("nb2"), "x") != PipelinePlan.sequential()
 
 
 @pytest.mark.filterwarnings("ignore:The value 192")  # FixedTrial notes the budget is outside the sampled range
@@ -76,7 +80,10 @@ def test_params_and_tp_collectives_and_meta():
     assert p["collectives"] == "overlap" and p["max_num_seqs"] == 512
     plan = build_plan(p, "x", 132)
     assert plan.meta["tp"]["collectives"] == "overlap"
-    assert plan.meta["engine"] == {"max_num_batched_tokens": 2048, "max_num_seqs": 512}
+    # the engine limits travel in the tuned config beside the plan (engine.tuned), not in the plan's meta
+    assert "engine" not in plan.meta
+    tuned = tuned_config(p, plan, "llama-3-70b", tp=8)
+    assert tuned.limits() == {"max_num_batched_tokens": 2048, "max_num_seqs": 512} and tuned.plan is plan
     fixed = suggest_params(optuna.trial.FixedTrial(baseline_params("sequential", max_num_seqs=None)),
                            search_max_num_seqs=False)
     assert "max_num_seqs" not in fixed

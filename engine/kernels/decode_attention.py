@@ -5,10 +5,10 @@ G_PAD >= 16 rows so that QK^T and PV run as tl.dot on tensor cores, and reads ea
 its token range BLOCK_N tokens (BLOCK_N / block_size pages) per iteration.
 
 Paging without stalling the pipeline: a page id loaded inside the loop makes every K/V address depend on a
-load, and Triton's pipeliner then keeps a single K/V buffer (measured on an H200: one tile in flight, about
-20-30 GB/s per program). So the page ids of a window of WINDOW_PAGES pages are loaded once into registers
-and each iteration picks its pages with tl.gather: the K/V addresses then depend only on the loop counter,
-and num_stages - 1 tiles stay in flight (cp.async into shared memory).
+load, and Triton's pipeliner then keeps a single K/V buffer (one tile in flight per program). So the page
+ids of a window of WINDOW_PAGES pages are loaded once into registers and each iteration picks its pages
+with tl.gather: the K/V addresses then depend only on the loop counter, and num_stages - 1 tiles stay in
+flight (cp.async into shared memory).
 
 Split-KV (flash-decoding): every sequence's context is cut into chunks of `split_len` tokens (the same
 length for all sequences, so all work items cost about the same and a persistent grid stays balanced);
@@ -24,16 +24,15 @@ that start rounded down to BLOCK_N, so no work item walks keys nobody sees; only
 the keys below the window (head tile). Blocks past the window stay in the cache (the block manager frees a
 sequence's blocks only when it finishes): the kernel skips them, it never needs them to be absent.
 
-Whole tiles run without masks; only a page window's last, partial tile is masked (_attend_tile, MASKED). With
-one program per SM the loop is issue-bound (ncu at 44 programs: one warp per scheduler, an instruction every
-3.8 cycles; results/reference/h200/ncu-decode-44.txt) and masks on every tile cost ~25% of its rate.
+Whole tiles run without masks; only a page window's last, partial tile and a sliding window's first one
+are masked (_attend_tile, MASKED): with one program per SM the loop is issue-bound (one warp per scheduler,
+results/reference/h200/ncu-decode-44.txt), so per-tile masks cost a visible share of its rate.
 
-Measured (H200, Llama-3-8B shapes, 1 GiB of KV, scripts/kernel_check.py): full grid 94% of the copy
-bandwidth (SDPA on un-paged K/V: 99%); one program per SM (132) 86%; 66 programs 65%; 44 programs 44%
-(33-37% before the unmasked tiles). A pure streaming read reaches ~80% on 44 SMs with 32 KB tiles and 4
-stages (scripts/stream_probe.py), so what is left is the online softmax and the MMAs' latency per tile
-(scripts/decode_ablation.py): a third of the SMs at 80% needs more warps per SM (a warp-specialized kernel),
-not more bytes in flight.
+On a fraction of the SMs this kernel stays well below what a plain streaming read of the same bytes reaches
+there; what is left is the online softmax and the MMAs' latency per tile, so closing the gap needs more
+warps per SM (a warp-specialized kernel), not more bytes in flight. The figures (bandwidth per SM budget,
+the streaming-read probe, the ablation) are in README, "Measured", and results/reference/h200/
+(kernel_check.json, stream-probe.json, decode-ablation.json); scripts/kernel_check.py reruns the first.
 """
 
 from __future__ import annotations
@@ -131,8 +130,8 @@ def _attend_tile(q, acc, m_i, l_i, pages, page0, t0, w_start, w_end, kc_ptr, vc_
                  stride_ct, scale_log2, n, d, BLOCK_SIZE: tl.constexpr, WINDOW_PAGES: tl.constexpr,
                  MASKED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     """One BLOCK_N-token tile of the online softmax over keys [w_start, w_end). MASKED only for a page window's
-    last, partial tile and a sliding window's first one: masks on every tile cost ~30% of the loop's rate
-    with one program per SM (scripts/decode_ablation.py). A masked tile has at least one visible key."""
+    last, partial tile and a sliding window's first one: masks on every tile slow the issue-bound loop
+    (results/reference/h200/decode-ablation.json). A masked tile has at least one visible key."""
     tok = t0 + n  # [BLOCK_N]
     idx = tok // BLOCK_SIZE - page0
     if MASKED:

@@ -32,7 +32,7 @@ class BenchConfig:
     kv_cache_dtype: str = "auto"  # in-process engine: "auto" | "fp8"
     decode_kernel: str = "auto"  # in-process engine: "auto" | "split" | "tma"
     plan: str | None = None
-    max_num_batched_tokens: int | None = None  # None: the plan's tuned value (meta.engine), else the engine's
+    max_num_batched_tokens: int | None = None  # None: the tuned config's value (engine.tuned), else the engine's
     max_num_seqs: int | None = None
     endpoint: str | None = None
     hf_attn: str = "sdpa"

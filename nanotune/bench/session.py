@@ -131,14 +131,26 @@ def make_backend(cfg: BenchConfig, lengths: list[tuple[int, int]]) -> Backend:
                                **engine_limits(cfg), **tp)
 
 
+def _tuned(plan: str | None):
+    """The tuned config (engine.tuned) a --plan FILE holds; None for a plan name."""
+    if not plan or not (plan.endswith(".json") or Path(plan).is_file()):
+        return None
+    from engine.tuned import load_tuned
+
+    return load_tuned(plan)
+
+
+def tuned_model(plan: str | None) -> str | None:
+    """The model a --plan tuned-config file was tuned for (None: a plain plan, or a name)."""
+    tuned = _tuned(plan)
+    return tuned.model if tuned is not None else None
+
+
 def engine_limits(cfg: BenchConfig) -> dict:
     """Dense batch and max seqs: given on the command line, else what `nanotune search` tuned the plan
-    with (plan.meta.engine), else the engine's defaults."""
-    tuned = {}
-    if cfg.plan:
-        from engine.plan_library import resolve_plan
-
-        tuned = dict(resolve_plan(cfg.plan).meta.get("engine", {}))
+    with (a tuned-config file, engine.tuned), else the engine's defaults."""
+    found = _tuned(cfg.plan)
+    tuned = found.limits() if found is not None else {}
     out = {}
     for key in ("max_num_batched_tokens", "max_num_seqs"):
         value = getattr(cfg, key) or tuned.get(key)

@@ -59,6 +59,10 @@ class LiveView:
         grid.add_row("engine", f"running {s.get('num_running', '-')}  waiting {s.get('num_waiting', '-')}  "
                                f"KV {_fmt(None if kv is None else 100 * kv, '.0f')}%  "
                                f"preemptions {s.get('num_preemptions', '-')}")
+        step = s.get("step")
+        if step:  # the engine's last step (its observer record): composition and host time
+            grid.add_row("step", f"{step['num_tokens']} tokens ({step['num_decode']} decode)  "
+                                 f"host {_fmt(step['host_ms'], '.2f')} ms  wait {_fmt(step['wait_ms'], '.2f')} ms")
         grid.add_row("time", f"{p.elapsed_s:.1f} s elapsed, ETA {_fmt(eta, '.0f')} s")
         bar = ProgressBar(total=max(p.num_total, 1), completed=p.num_done, width=50)
         return Group(bar, grid)

@@ -56,9 +56,10 @@ def _has_gpu() -> bool:
 @click.option("--engine", type=click.Choice(["nanoflow", "sequential", "hf"]), default="nanoflow",
               show_default=True, help="In-process engine; hf = transformers continuous batching.")
 @click.option("--plan", metavar="FILE|NAME",
-              help="Pipeline plan (nanoflow): a JSON file - one from `nanotune search` also sets the dense batch "
-                   "and max seqs it was tuned with, unless given below - or a name: sequential, nb2, nb2-pf0-rev, "
-                   "nb2-sm66, nb2-cublas-sm44, nb2-green-sm44 (nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio]).")
+              help="Pipeline plan (nanoflow): a plan JSON, or the tuned.json `nanotune search` writes (it also "
+                   "sets the dense batch, max seqs and model it was tuned for, unless given), or a name: sequential, "
+                   "nb2, nb2-pf0-rev, nb2-sm66, nb2-cublas-sm44, nb2-green-sm44 "
+                   "(nb<N>[-cublas|-green][-sm<S>][-pf0][-rev][-prio][-ar]).")
 @click.option("--max-num-batched-tokens", type=click.IntRange(1, MAX_LEN), help="Dense-batch token budget [2048].")
 @click.option("--max-num-seqs", type=click.IntRange(1, MAX_SEQS), help="Most requests running at once [512].")
 @click.option("--tp", type=click.IntRange(1, MAX_TP), default=1, show_default=True,
@@ -133,6 +134,10 @@ def command(**o):
     if engine == "hf":
         checks.check_hf_attn(o["hf_attn"])
     model = o["model"]
+    if model is None and engine == "nanoflow" and o["plan"]:  # a tuned config names the model it was tuned for
+        from nanotune.bench.session import tuned_model
+
+        model = tuned_model(o["plan"])
     if model is None and engine != "endpoint":
         model = CPU_DEFAULT_MODEL if on_cpu else GPU_DEFAULT_MODEL
     n = o["num_requests"]

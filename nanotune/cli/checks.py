@@ -81,15 +81,17 @@ def check_hf_attn(name: str) -> None:
 
 
 def plan_model_warning(plan_spec: str | None, model: str | None) -> str | None:
-    """A plan file from `nanotune search` records the model it was tuned for (meta.model); running it for
-    another model is allowed (a plan is valid for any model) but its tuned limits may not fit: say so."""
+    """A file from `nanotune search` records the model it was tuned for (engine.tuned; older plan files:
+    meta.model); running it for another model is allowed (a plan is valid for any model) but its tuned
+    limits may not fit: say so."""
     if not plan_spec or not model:
         return None
     from engine.plan_library import resolve_plan
     from engine.presets import resolve_name
+    from nanotune.bench.session import tuned_model
 
     meta = resolve_plan(plan_spec).meta or {}
-    tuned = meta.get("model")
+    tuned = tuned_model(plan_spec) or meta.get("model")  # a tuned config's model, else an older plan's meta
     if not tuned:
         return None
     try:

@@ -100,7 +100,8 @@ def command(**o):
     console.print(f"study '{st['name']}': {st['num_trials']} trials ({st['num_pruned']} pruned) in {st['storage']}",
                   highlight=False, soft_wrap=True)
     console.print(f"continue it with: {result['resume_command']}", highlight=False, soft_wrap=True)
-    console.print(f"wrote {run_dir / 'plan.json'} and {run_dir / 'result.json'}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {run_dir / result['files']['plan']} (for bench --plan) and {run_dir / 'result.json'}",
+                  highlight=False, soft_wrap=True)
     if result.get("partial"):
         err_console.print(f"[yellow]{result['signal']}: the search stopped early; the result holds the trials it "
                           "finished (marked partial)[/]", highlight=False)

@@ -11,8 +11,8 @@ for a compute-bound layer (a prefill chunk of the grid's largest pair size: GEMM
 a memory-bound one (the grid's largest decode batch: weight- and KV-bound). The performance model divides
 the sustained time by the sum of the layer's ops' alone times (search.profiledata.sustained_factor) and
 scales each op by the factor of the bound its point is under. `vs_cold` (sustained / cold) only shows how
-fast the cap engages: on an H200 the cold replays (a few hundred ms) were already at the capped clock,
-1.006x, while the ops' own short timings were not (the compute layer ran 1.14x their sum).
+fast the cap engages: on an H200 the cold replays (a few hundred ms) were already at the capped clock while
+the ops' own short timings were not (the figures: README and the reference profiles' sustained section).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Writing a search run to results/<run-id>/: the tuned plan (PipelinePlan JSON, what `nanotune bench
---plan` and EngineConfig(plan=...) take), the Pareto plans, a copy of the study (sqlite) and its trials
+"""Writing a search run to results/<run-id>/: the tuned config (plan + engine limits, engine.tuned; what
+`nanotune bench --plan` and EngineConfig(plan=...) take), the Pareto plans, a copy of the study (sqlite) and its trials
 as CSV, plots, and result.json last (atomically), so a result.json that exists has its files beside it."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from nanotune.search.perfmodel import BatchShape, predict
 from nanotune.search.plots import bars_from_prediction, bars_from_timings, gantt, study_plots
 
 SCHEMA = "nanotune.search/1"
+TUNED_FILE = "tuned.json"
 MAX_PARETO_PLANS = 8
 
 
@@ -61,14 +62,15 @@ def model_notes(ctx, composition: str) -> list[str]:
     return notes
 
 
-def save_plans(run_dir: Path, best_plan, pareto: list) -> dict:
-    """plan.json (the tuned plan) and, for two objectives, plans/pareto-<trial>.json."""
-    best_plan.save(run_dir / "plan.json")
-    files = {"plan": "plan.json"}
+def save_plans(run_dir: Path, best, pareto: list) -> dict:
+    """tuned.json (the tuned plan with its engine limits, engine.tuned.TunedConfig: what `bench --plan`
+    reads) and, for two objectives, plans/pareto-<trial>.json (tuned configs too)."""
+    best.save(run_dir / TUNED_FILE)
+    files = {"plan": TUNED_FILE}
     if pareto:
         (run_dir / "plans").mkdir(exist_ok=True)
-        for trial, plan in pareto[:MAX_PARETO_PLANS]:
-            plan.save(run_dir / "plans" / f"pareto-{trial}.json")
+        for trial, tuned in pareto[:MAX_PARETO_PLANS]:
+            tuned.save(run_dir / "plans" / f"pareto-{trial}.json")
         files["pareto"] = [f"plans/pareto-{t}.json" for t, _ in pareto[:MAX_PARETO_PLANS]]
     return files
 

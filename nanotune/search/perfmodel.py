@@ -17,8 +17,8 @@ where the plan places them as its own collective ops (engine.plan.COLLECTIVE_OPS
 Every alone time is scaled by the profile's sustained-load factor for its bound (compute or memory): a
 serving card runs at its power limit, the profile's short timings at boost clock.
 Launches: a CUDA-graph replay (the engine replays graphs for decode-only and captured mixed iterations)
-adds the profile's measured graph gap per kernel (about -1 us on an H200: back to back in a graph, kernels
-take a little less than the profile's repeats of one); an eager iteration (`graphs=False`) cannot start a
+adds the profile's measured graph gap per kernel (slightly negative on an H200: back to back in a graph,
+kernels take a little less than the profile's repeats of one); an eager iteration (`graphs=False`) cannot start a
 kernel before the host has launched it, one after another at the profile's measured launch cost.
 Not simulated: other host time (the scheduler runs one iteration ahead), stream priorities (the profile
 does not measure them), and L2 effects between neighbouring ops.
@@ -39,9 +39,9 @@ ALLREDUCE_LATENCY_MS = 0.01
 LM_HEAD_GEMM_EFFICIENCY = 0.7  # of the bf16 peak: the lm_head GEMM is wide (vocab) but short (sampled rows)
 SAMPLING_PASSES = 3  # fp32 logits read by softmax/argmax/copies
 # A stream idles this long between two kernels of an eager iteration (host launch; profiles time kernels
-# back to back, so their times leave it out) when the profile has no `launch` section. Measured on an H200,
-# llama-3-8b, sequential plan: each timed iteration's span exceeds the sum of its op times by 7-8 us per op
-# on all three workloads (results/reference/h200/engine-sequential.json).
+# back to back, so their times leave it out) when the profile has no `launch` section: on an H200,
+# llama-3-8b, sequential plan, each timed iteration's span exceeds the sum of its op times by about this much
+# per op on all three workloads (results/reference/h200/engine-sequential.json).
 LAUNCH_GAP_MS = 0.008
 # Between two kernels of a graph replay, without a `launch` section: the GPU starts the next kernel of a
 # graph without the host, and the profile's back-to-back timings already hold the GPU's own launch latency.
@@ -97,7 +97,7 @@ class Prediction:
         return self.layers_ms + self.lm_head_ms
 
     def busy_ms(self) -> dict[str, float]:
-        """Per-op simulated time summed over layers (comparable with the engine's op_profile.mean_op_ms)."""
+        """Per-op simulated time summed over layers (comparable with engine.observe.OpProfile's mean_op_ms)."""
         out: dict[str, float] = {}
         for n in self.nodes:
             out[n.op] = out.get(n.op, 0.0) + (n.end - n.start)

@@ -25,9 +25,10 @@ DEFAULT_KINDS = {"qkv": "gemm", "o_proj": "gemm", "gate_up": "gemm", "down": "ge
                  "all_gather": "comm"}
 # Slowdown of each of two kernels overlapped on plain streams when the profile measured neither the pair
 # nor any pair of the same kinds: 2.0 = each runs at half speed, so overlap gains nothing over running back
-# to back. Chosen because that is what was measured on an H200 (a GEMM pair beside a decode attention:
-# 0.98 ms back to back, 1.05 ms on two streams); assuming ideal overlap would send the search after plans
-# that lose on the GPU (the two-nano-batch plan measured 0.75x-1.01x of sequential).
+# to back. Chosen because that is what was measured on an H200 (a GEMM pair beside a decode attention on two
+# plain streams took no less than back to back: results/reference/h200/partition-probe.json); assuming ideal
+# overlap would send the search after plans that lose on the GPU (the two-nano-batch plan measured slower
+# than sequential: engine-overlap*.json).
 DEFAULT_SLOWDOWN = 2.0
 # Collectives use few SMs and mostly the links: a mild default when the profile has no comm pair.
 DEFAULT_COMM_SLOWDOWN = 1.1

@@ -17,7 +17,13 @@ from nanotune.search.capacity import WorkloadStats, gpu_memory_gib
 from nanotune.search.guard import discard_study, quiet_interrupts, storage_errors
 from nanotune.search.objective import OBJECTIVES, Objective, SearchContext, evaluate, full_params
 from nanotune.search.show import resume_command
-from nanotune.search.space import ENGINE_DEFAULT_DENSE_BATCH, ENGINE_DEFAULT_MAX_NUM_SEQS, Infeasible, build_plan
+from nanotune.search.space import (
+    ENGINE_DEFAULT_DENSE_BATCH,
+    ENGINE_DEFAULT_MAX_NUM_SEQS,
+    Infeasible,
+    build_plan,
+    tuned_config,
+)
 from nanotune.search.study import open_study, pareto, prune_summary, ranked_trials, run_study, storage_url
 from nanotune.signals import Interrupted, StopSignals
 
@@ -214,9 +220,15 @@ def _finish(cfg: SearchConfig, ctx: SearchContext, info: dict, study, name: str,
     best.plan.meta.update(model=model, tp_degree=cfg.tp)  # bench warns when the plan runs another model
     run_dir = new_run_dir("search", f"{model}-{wl.label}", root=cfg.results_dir)
     front = pareto(ranked) if cfg.objective == "both" else []
-    front_plans = [(t.number, build_plan(full_params(t.params, ctx), f"pareto-{t.number}", ctx.profile.num_sms))
-                   for t in front]
-    files = output.save_plans(run_dir, best.plan, front_plans)
+    source = {"run_id": run_dir.name, "objective": cfg.objective, "workload": wl.spec, "profile": ctx.profile.path}
+    best_tuned = tuned_config(full_params(best_trial.params, ctx), best.plan, model, cfg.tp,
+                              {**source, "trial": best_trial.number})
+    front_tuned = []
+    for t in front:
+        p = full_params(t.params, ctx)
+        front_tuned.append((t.number, tuned_config(p, build_plan(p, f"pareto-{t.number}", ctx.profile.num_sms),
+                                                   model, cfg.tp, {**source, "trial": t.number})))
+    files = output.save_plans(run_dir, best_tuned, front_tuned)
     files.update(output.save_study(study, storage, run_dir))
     validation = _validate(cfg, ctx, info, ranked, best, log)
     plots, skipped = output.save_plots(study, run_dir, cfg.objective, best, ctx.profile, validation)
@@ -291,19 +303,19 @@ def _validate(cfg: SearchConfig, ctx: SearchContext, info: dict, ranked: list, b
     from nanotune.search.validate import validate_plans
 
     entries = [("tuned", best.plan, best.dense_batch_tokens, best.max_num_seqs)]
-    seen = {(repr(best.plan.ops), best.dense_batch_tokens, best.max_num_seqs)}
+    seen = {(best.plan, best.dense_batch_tokens, best.max_num_seqs)}  # plans compare by what runs
     for t in ranked[1:]:
         if len(entries) >= cfg.validate:
             break
         p = full_params(t.params, ctx)
         plan = build_plan(p, f"trial-{t.number}", ctx.profile.num_sms)
-        key = (repr(plan.ops), p["dense_batch_tokens"], p.get("max_num_seqs", ENGINE_DEFAULT_MAX_NUM_SEQS))
+        key = (plan, p["dense_batch_tokens"], p.get("max_num_seqs", ENGINE_DEFAULT_MAX_NUM_SEQS))
         if key not in seen:
             seen.add(key)
             entries.append((f"trial-{t.number}", plan, *key[1:]))
     seqs = ctx.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS
     for label, plan in baseline_plans(info["model"]).items():  # a default equal to sequential runs once
-        key = (repr(plan.ops), ENGINE_DEFAULT_DENSE_BATCH, seqs)
+        key = (plan, ENGINE_DEFAULT_DENSE_BATCH, seqs)
         if key not in seen or label == "sequential":
             seen.add(key)
             entries.append((label, plan, ENGINE_DEFAULT_DENSE_BATCH, seqs))

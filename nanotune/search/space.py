@@ -21,16 +21,16 @@ Parameters (conditional ones only when they mean something):
 from __future__ import annotations
 
 from engine.errors import EngineConfigError
-from engine.plan import OpInstance, PipelinePlan
-from engine.plan_library import POST_ATTN, PRE_ATTN
+from engine.plan import PipelinePlan
+from engine.plan_library import ISSUE_ORDERS, nano_batch_plan
 from engine.sizing import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS
+from engine.tuned import TunedConfig
 from nanotune.search.perfmodel import COLLECTIVES
 
 DENSE_BATCH_RANGE = (512, 4096, 256)  # low, high, step
 MAX_NANO_BATCHES = 4
 ALIGNS = (1, 64, 128)
 SM_BUDGET_STEP = 4  # decode attention budgets 8, 12, ... up to the profile's SMs (a study is of one profile)
-ISSUE_ORDERS = ("grouped", "pipelined")
 MAX_NUM_SEQS = (128, 256, 384, 512, 768, 1024)
 ENGINE_DEFAULT_DENSE_BATCH = DEFAULT_MAX_NUM_BATCHED_TOKENS  # what the baselines run with
 ENGINE_DEFAULT_MAX_NUM_SEQS = DEFAULT_MAX_NUM_SEQS
@@ -106,45 +106,21 @@ def edges(params: dict) -> list[float]:
 
 
 def build_plan(params: dict, name: str = "tuned", num_sms: int | None = None) -> PipelinePlan:
-    """The PipelinePlan for one point of the space, validated (Infeasible with the one-line reason)."""
-    e = edges(params)
-    ranges = list(zip(e[:-1], e[1:], strict=True))
+    """The PipelinePlan for one point of the space (built by plan_library.nano_batch_plan, the one builder
+    of nano-batch plans), validated (Infeasible with the one-line reason)."""
     overlap = bool(params.get("attention_stream"))
-    attn_s = 1 if overlap else 0
-    prefill_s = attn_s if params.get("prefill_on_attention_stream", True) else 0
-    budget = params.get("decode_sm_budget") if params.get("partition_decode") else None
-
-    def pre(lo, hi):
-        return [OpInstance(op, lo, hi) for op in PRE_ATTN] + [
-            OpInstance("decode_attn", lo, hi, stream=attn_s, sm_budget=budget),
-            OpInstance("prefill_attn", lo, hi, stream=prefill_s)]
-
-    def post(lo, hi):
-        return [OpInstance(op, lo, hi) for op in POST_ATTN]
-
-    ops: list[OpInstance] = []
-    if params.get("issue_order", "grouped") == "pipelined":
-        for i, r in enumerate(ranges):  # pre(i) then post(i-1): the GEMMs of i+1 fill attention's shadow
-            ops += pre(*r)
-            if i:
-                ops += post(*ranges[i - 1])
-        ops += post(*ranges[-1])
-    else:
-        for r in ranges:
-            ops += pre(*r)
-        for r in reversed(ranges) if params.get("reverse_post") else ranges:
-            ops += post(*r)
-    # The engine limits the plan was tuned with travel in meta (a plan file holds no engine settings).
-    meta = {"generator": "nanotune.search.space.build_plan", "params": dict(params),
-            "engine": {"max_num_batched_tokens": int(params["dense_batch_tokens"]),
-                       "max_num_seqs": int(params.get("max_num_seqs", ENGINE_DEFAULT_MAX_NUM_SEQS))}}
+    meta = {"generator": "nanotune.search.space.build_plan", "params": dict(params)}
     if "collectives" in params:
         meta["tp"] = {"collectives": params["collectives"],
                       "note": "the engine runs one GPU today; the collective placement is a modelled choice"}
-    plan = PipelinePlan(name, tuple(ops), num_streams=2 if overlap else 1, align=int(params.get("align", 1)),
-                        stream_priorities=(0, int(params.get("attention_priority", 0))) if overlap else (),
-                        meta=meta)
     try:
+        plan = nano_batch_plan(
+            int(params["num_nano_batches"]), edges=edges(params), attention_stream=overlap,
+            decode_sm_budget=params.get("decode_sm_budget") if params.get("partition_decode") else None,
+            align=int(params.get("align", 1)), attn_priority=int(params.get("attention_priority", 0)),
+            prefill_attn_stream=1 if params.get("prefill_on_attention_stream", True) else 0,
+            reverse_post=bool(params.get("reverse_post")), issue_order=params.get("issue_order", "grouped"),
+            name=name, meta=meta)
         plan.validate(num_sms=num_sms, where=name)
     except EngineConfigError as err:
         raise Infeasible(str(err)) from None
@@ -154,3 +130,11 @@ def build_plan(params: dict, name: str = "tuned", num_sms: int | None = None) ->
         if a >= b:
             raise Infeasible(f"{name}: a nano-batch gets no rows of a {tokens}-token batch at align {plan.align}")
     return plan
+
+
+def tuned_config(params: dict, plan: PipelinePlan, model: str, tp: int = 1, source: dict | None = None) -> TunedConfig:
+    """The tuned-config file's content for one point of the space: its plan and the engine limits it
+    was evaluated with (max_num_seqs: the engine's default when the study did not search it)."""
+    return TunedConfig(plan, int(params["dense_batch_tokens"]),
+                       int(params.get("max_num_seqs", ENGINE_DEFAULT_MAX_NUM_SEQS)), model=model, tp=tp,
+                       source=source or {})

@@ -53,47 +53,30 @@ def _run_trace(engine, lengths, seed: int, time_every: int) -> dict:
     for p, o in lengths:  # random prompt ids; outputs forced to the trace's lengths, as `bench` offline does
         engine.add_request(rng.integers(0, engine.vocab_size, p).tolist(),
                            SamplingParams(max_tokens=o, ignore_eos=True))
-    batches, timed, host_ms, wait_ms = [], [], [], []
-    schedule = engine.scheduler.schedule
-
-    def recording_schedule():  # the composition of every iteration, as the engine formed it
-        b = schedule()
-        if b.seqs:
-            batches.append(composition(b))
-        return b
-
-    engine.scheduler.schedule = recording_schedule
+    records = []
     runner = engine.runner
-    runner.step_events = []
     captured0 = _num_graphs(runner)
-    op_timed = set()
     _sync(torch)
     t0 = time.perf_counter()
+    engine.add_observer(records.append, gpu_time=True)  # one StepRecord per step, GPU times included
     try:
         step = 0
         while engine.has_unfinished():
-            timings = [] if time_every and step % time_every == time_every - 1 else None
-            engine.step(timings)
-            st = engine.last_step
-            host_ms.append(1e3 * st.host_s)
-            wait_ms.append(1e3 * st.wait_s)
-            if timings:
-                span = max(t.end_ms for t in timings) - min(t.start_ms for t in timings)
-                timed.append((len(batches) - 1, span, timings))
-                op_timed.add(len(batches) - 1)
+            engine.step([] if time_every and step % time_every == time_every - 1 else None)
             step += 1
         _sync(torch)
         wall = time.perf_counter() - t0
-        events = runner.step_events or []
     finally:
-        engine.scheduler.schedule = schedule
-        runner.step_events = None
-    # launches and schedules pair up in order (a step that schedules nothing launches nothing)
-    step_ms = [None if i in op_timed else e0.elapsed_time(e1) if hasattr(e0, "elapsed_time") else 1e3 * (e1 - e0)
-               for i, (e0, e1, _) in enumerate(events)]
+        engine.remove_observer(records.append)
+    launched = [r for r in records if r.launched]  # a step that schedules nothing launches nothing
+    batches = [composition(r.batch) for r in launched]
+    timed = [(i, max(t.end_ms for t in r.op_timings) - min(t.start_ms for t in r.op_timings), r.op_timings)
+             for i, r in enumerate(launched) if r.op_timings]
+    # an op-timed iteration's span includes its per-op events: not a plain iteration time
+    step_ms = [None if r.op_timings else r.gpu_ms() for r in launched]
     return {"wall_s": wall, "batches": batches, "timed": timed, "step_ms": step_ms,
-            "replayed": [r for _, _, r in events], "host_ms": host_ms, "wait_ms": wait_ms,
-            "graphs_captured": _num_graphs(runner) - captured0}
+            "replayed": [r.replayed for r in launched], "host_ms": [1e3 * r.host_s for r in records],
+            "wait_ms": [1e3 * r.wait_s for r in records], "graphs_captured": _num_graphs(runner) - captured0}
 
 
 def _num_graphs(runner) -> int:

@@ -20,9 +20,11 @@ from nanotune.bench.records import BenchRequest, RequestRecord
 
 
 class EngineBackend(Backend):
-    def __init__(self, engine, name: str = "nanoflow", info: dict | None = None) -> None:
+    def __init__(self, engine, name: str = "nanoflow", info: dict | None = None, owns_engine: bool = False) -> None:
         super().__init__()
         self.engine = engine
+        # close() ends an engine this backend built (its tensor-parallel ranks); a caller's engine outlives it
+        self.owns_engine = owns_engine
         self.name = name
         self.info = info or {}
         # the optimum counts parameters per GPU: under tensor parallelism each rank holds 1 / tp of them
@@ -33,6 +35,16 @@ class EngineBackend(Backend):
         self._step_s: list[float] = []
         self._step_tokens: list[int] = []
         self._host_s = self._wait_s = 0.0
+        self._last = None  # the engine's last StepRecord (engine.observe), for the live view
+        if hasattr(engine, "add_observer"):  # the real engine reports each step; a bare protocol engine does not
+            engine.add_observer(self._observe)
+
+    def _observe(self, record) -> None:
+        self._last = record
+        if record.num_tokens:
+            self._step_tokens.append(int(record.num_tokens))
+        self._host_s += record.host_s
+        self._wait_s += record.wait_s
 
     def begin(self, t0: float) -> None:
         super().begin(t0)
@@ -89,12 +101,6 @@ class EngineBackend(Backend):
         outputs = self.engine.step()
         t = self.now()
         self._step_s.append(time.perf_counter() - start)
-        last = getattr(self.engine, "last_step", None)  # the engine's StepStats, when it keeps one
-        if last is not None and getattr(last, "num_tokens", None):
-            self._step_tokens.append(int(last.num_tokens))
-        if last is not None and hasattr(last, "host_s"):
-            self._host_s += last.host_s
-            self._wait_s += last.wait_s
         for out in outputs:
             rec = self._inflight.get(out.request_id)
             if rec is None:
@@ -110,17 +116,27 @@ class EngineBackend(Backend):
 
     def stats(self) -> dict:
         try:
-            return dict(self.engine.stats())
+            out = dict(self.engine.stats())
         except Exception:  # a live view must never take the benchmark down
             return {}
+        r = self._last
+        if r is not None:  # the last step as the engine's observer record has it
+            out["step"] = {"num_tokens": r.num_tokens, "num_decode": r.num_decode,
+                           "host_ms": round(1e3 * r.host_s, 3), "wait_ms": round(1e3 * r.wait_s, 3)}
+        return out
+
+    def close(self) -> None:
+        if hasattr(self.engine, "remove_observer"):
+            try:
+                self.engine.remove_observer(self._observe)
+            except ValueError:
+                pass
+        close = getattr(self.engine, "close", None) if self.owns_engine else None
+        if close is not None:  # tensor parallelism: end the other ranks
+            close()
 
     def abort(self) -> None:
         self._inflight.clear()
-
-    def close(self) -> None:
-        close = getattr(self.engine, "close", None)  # tensor parallelism: end the other ranks
-        if close is not None:
-            close()
 
 
 def plan_info(plan: str | None) -> dict:
@@ -142,10 +158,13 @@ def load_engine_backend(kind: str, model: str, device: str, dtype: str | None, p
     `nanoflow` runs `--plan FILE` if given, else the engine's default plan."""
     from engine import EngineConfig, LLMEngine
 
+    if kind == "sequential":  # the baseline stays the one-nano-batch plan whatever the default becomes
+        plan = "sequential"
     cfg = EngineConfig(model=model, device=device, dtype=dtype or "auto", plan=plan, seed=seed, **engine_kw)
     eng = LLMEngine(cfg)
     info = {"device": device, "dtype": cfg.dtype, "kv_cache_dtype": cfg.kv_cache_dtype,
-            "decode_kernel": cfg.decode_kernel, **plan_info(plan), **({"tp": cfg.tp} if cfg.tp > 1 else {})}
+            "decode_kernel": cfg.decode_kernel, **plan_info(None if kind == "sequential" else plan),
+            **({"tp": cfg.tp} if cfg.tp > 1 else {})}
     if kind == "nanoflow" and not plan:
         info["plan_note"] = "no --plan given: the engine's default plan"
-    return EngineBackend(eng, name=kind, info=info)
+    return EngineBackend(eng, name=kind, info=info, owns_engine=True)
