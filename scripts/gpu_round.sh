@@ -22,6 +22,9 @@ for step in "$@"; do
       python -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/test_kernels_window.py \
         tests/test_kernels_activations.py tests/test_kernels_attention.py tests/test_kernels_fp8_tma.py \
         tests/test_kernels_ops.py > "$log" 2>&1; rc=$? ;;
+    finaltests)  # the engine's GPU tests after the observer merge (runner and step plumbing changed)
+      python -m pytest -q -p no:cacheprovider -m gpu tests/test_observe.py tests/test_engine_gpu.py \
+        tests/test_engine_window_gpu.py tests/test_tp_gpu.py > "$log" 2>&1; rc=$? ;;
     enginetests)  # every gpu-marked engine and profile test
       python -m pytest -q -p no:cacheprovider -m gpu tests/test_engine_gpu.py tests/test_engine_window_gpu.py \
         tests/test_engine_fp8_kv.py tests/test_profile_gpu.py tests/test_profile_power.py tests/test_tp_gpu.py > "$log" 2>&1; rc=$? ;;
