@@ -36,7 +36,7 @@ for step in "$@"; do
       python -m nanotune bench --trace sharegpt --results-dir "$OUT/readme" --no-progress > "$log" 2>&1; rc=$?
       tar czf "$OUT/readme.tgz" -C "$OUT" readme && rm -rf "$OUT/readme" ;;
     bound)
-      python scripts/power_bound.py -n "$N_BOUND" --kv-dtypes "$KV_DTYPES" --profile "$POWER" \
+      python scripts/power_bound.py -n "$N_BOUND" --kv-dtypes "$KV_DTYPES" ${BOUND_ARGS:-} --profile "$POWER" \
         --out "$OUT/power-bound" > "$log" 2>&1; rc=$?
       tar czf "$OUT/bound.tgz" -C "$OUT" power-bound && rm -rf "$OUT/power-bound" ;;
     tma)

@@ -25,13 +25,15 @@ def test_search_llama_70b_as_typed_runs_without_a_gpu(tmp_path):
     res = search(tmp_path, "--model", "llama-70b", columns=200)
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("no GPU here: using the reference profile")]
-    assert len(lines) == 1 and "llama-3-70b at TP 4 on h200" in lines[0]
-    assert "note: TP 4" in res.output  # modelled, not run: said on screen
-    assert "tok/s (all 4 GPUs)" in res.output
+    # the smallest committed TP whose shard fits one H200 (TP 2 since its profile was committed; TP 4 before)
+    tp = pick_reference("llama-3-70b", None).tp
+    assert len(lines) == 1 and f"llama-3-70b at TP {tp} on h200" in lines[0]
+    assert f"note: TP {tp}" in res.output  # modelled, not run: said on screen
+    assert f"tok/s (all {tp} GPUs)" in res.output
 
 
 def test_pick_reference_prefers_fitting_smallest_tp():
-    assert pick_reference("llama-3-70b", None).tp == 4  # 140 GB of weights need more than one H200
+    assert pick_reference("llama-3-70b", None).tp == 2  # 140 GB of weights need more than one H200; 70 GB fit
     assert pick_reference("llama-3-70b", 8).tp == 8
     assert pick_reference("llama-3-8b", None).tp == 1
     assert pick_reference("qwen2-72b", None) is None
