@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from engine.sizing import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS  # the engine's defaults
 from nanotune.bench.experiments import make_trace, run_one
 
 EAGER_MIXED = "@eager-mixed"
@@ -70,8 +71,8 @@ def main() -> None:
     ap.add_argument("--plans", default="sequential,nb2-cublas-sm33", help="comma list; the first is the baseline")
     ap.add_argument("--workloads", default=DEFAULT_WORKLOADS, help="comma list of name[:count]")
     ap.add_argument("--gantt-workload", default="c1024x512")
-    ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    ap.add_argument("--max-num-seqs", type=int, default=512)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=DEFAULT_MAX_NUM_BATCHED_TOKENS)
+    ap.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS)
     ap.add_argument("--time-ops-every", type=int, default=40)
     ap.add_argument("--warmups", type=int, default=8)
     ap.add_argument("--prewarm", type=int, default=0,

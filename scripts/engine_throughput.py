@@ -19,6 +19,7 @@ import json
 import sys
 import time
 
+from engine.sizing import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS  # the engine's defaults
 from nanotune.bench.experiments import make_trace, run_hf, run_one, subset
 
 
@@ -28,8 +29,8 @@ def main() -> None:
     ap.add_argument("--plans", default="sequential", help="comma list: 'sequential' or plan JSON paths")
     ap.add_argument("--workloads", default="c1024x512,c512x512,sharegpt", help="comma list of name[:count]")
     ap.add_argument("-n", type=int, default=None, help="requests per workload (default: per workload)")
-    ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    ap.add_argument("--max-num-seqs", type=int, default=512)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=DEFAULT_MAX_NUM_BATCHED_TOKENS)
+    ap.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS)
     ap.add_argument("--time-ops-every", type=int, default=50)
     ap.add_argument("--hf-requests", type=int, default=64, help="0 skips the HF peer")
     ap.add_argument("--warmups", type=int, default=8)

@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 
+from engine.sizing import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS  # the engine's defaults
 from nanotune.bench.experiments import make_trace
 
 PHASES = ("schedule", "launch", "resolve", "wait", "host")
@@ -138,8 +139,8 @@ def main() -> None:
     ap.add_argument("--model", default="llama-3-8b")
     ap.add_argument("--plans", default="sequential,nb2")
     ap.add_argument("--workloads", default="sharegpt:400,c1024x512:300")
-    ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    ap.add_argument("--max-num-seqs", type=int, default=512)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=DEFAULT_MAX_NUM_BATCHED_TOKENS)
+    ap.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS)
     ap.add_argument("--every", type=int, default=20, help="part 2: measure every n-th mixed step")
     ap.add_argument("--limit", type=int, default=8, help="part 2: at most this many steps per workload and plan")
     ap.add_argument("--repeats", type=int, default=10)

@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanotune.errors import UserError
-from nanotune.profile.ops import gemm_cost
+from nanotune.profile.ops import KINDS, gemm_cost
 from nanotune.search.interp import curve, interp_budget, interp_loglog
 
 SCHEMA = "nanotune.profile/1"
-DEFAULT_KINDS = {"qkv": "gemm", "o_proj": "gemm", "gate_up": "gemm", "down": "gemm", "lm_head": "gemm",
-                 "decode_attn": "attention", "prefill_attn": "attention", "attn_norm": "memory",
-                 "rope_kv": "memory", "mlp_norm": "memory", "silu_mul": "memory", "all_reduce": "comm",
-                 "all_gather": "comm"}
+# the layer's op kinds come from their owner (nanotune.profile.ops); the profile also times these
+DEFAULT_KINDS = {**KINDS, "lm_head": "gemm", "all_reduce": "comm", "all_gather": "comm"}
 # Slowdown of each of two kernels overlapped on plain streams when the profile measured neither the pair
 # nor any pair of the same kinds: 2.0 = each runs at half speed, so overlap gains nothing over running back
 # to back. Chosen because that is what was measured on an H200 (a GEMM pair beside a decode attention on two
