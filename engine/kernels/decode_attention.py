@@ -148,7 +148,7 @@ def _attend_tile(q, acc, m_i, l_i, pages, page0, t0, w_start, w_end, kc_ptr, vc_
     if DOT_F32:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
-    else:  # an fp8 cache: dequantize to q's dtype (the scales are applied to scores and output)
+    else:  # an fp8 cache: dequantize to q's dtype, fp16 then (the scales are applied to scores and output)
         k = k.to(q.dtype)
         v = v.to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # [G_PAD, BLOCK_N]
@@ -197,6 +197,8 @@ def _decode_kernel(
                         mask=(g < GROUP)[:, None], other=0.0)  # [G_PAD, D]
             if DOT_F32:
                 q = q.to(tl.float32)
+            elif HAS_SCALES:  # an fp8 cache: run both dots in fp16, since e4m3 -> f16 is one hardware conversion
+                q = q.to(tl.float16)  # per pair on sm >= 89 and e4m3 -> bf16 is not (_attend_tile casts to q's)
             m_i = tl.full([G_PAD], float("-inf"), tl.float32)
             l_i = tl.zeros([G_PAD], tl.float32)
             acc = tl.zeros([G_PAD, HEAD_DIM], tl.float32)
