@@ -114,9 +114,10 @@ def summary_table(result: dict) -> Table:
     t = Table(title=title, show_header=True, header_style="bold")
     t.add_column("metric")
     t.add_column("value", justify="right")
+    no_bound = bool((result.get("bound") or {}).get("why")) and m.get("bound_total_token_throughput") is None
     for label, key, spec in _ROWS:
-        if key not in m:
-            continue
+        if key not in m or (no_bound and key in ("bound_total_token_throughput", "efficiency_vs_bound")):
+            continue  # (no bound: one row below says why, instead of two rows of "-")
         v = m[key]
         v = round(v) if spec.endswith("d") and v is not None else v
         cell = _fmt(v, spec)
