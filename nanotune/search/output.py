@@ -57,8 +57,8 @@ def model_notes(ctx, composition: str) -> list[str]:
                      "finite offline run also ramps up and drains (validation replays the real scheduler)")
     if ctx.tp > 1:
         notes.append(f"TP {ctx.tp}: all-reduce after o_proj and down estimated as a ring over "
-                     f"{perfmodel.ALLREDUCE_BUS_GB_S:g} GB/s (profiles cannot time it without peers); the engine "
-                     "runs one GPU today, so the collective placement is a modelled choice in the plan's meta")
+                     f"{perfmodel.ALLREDUCE_BUS_GB_S:g} GB/s (profiles cannot time it without peers); the tuned "
+                     "plan runs each all-reduce right after its GEMM (the modelled placement is in its meta)")
     return notes
 
 

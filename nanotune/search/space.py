@@ -112,7 +112,9 @@ def build_plan(params: dict, name: str = "tuned", num_sms: int | None = None) ->
     meta = {"generator": "nanotune.search.space.build_plan", "params": dict(params)}
     if "collectives" in params:
         meta["tp"] = {"collectives": params["collectives"],
-                      "note": "the engine runs one GPU today; the collective placement is a modelled choice"}
+                      "note": "modelled, not placed: the plan's ops carry no all-reduce, so the engine runs each "
+                              "right after its GEMM on the GEMM's stream ('inline'); 'overlap' (a stream of its "
+                              "own, as plan nb2-ar) is not written into the plan yet"}
     try:
         plan = nano_batch_plan(
             int(params["num_nano_batches"]), edges=edges(params), attention_stream=overlap,
