@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate workloads/data/calibration.json from the reference length traces.
 
-    python scripts/calibrate_traces.py            # ../shared/traces/{sharegpt,lmsys,splitwise}.csv
-    python scripts/calibrate_traces.py --traces DIR --out FILE
+    python scripts/calibrate_traces.py --traces DIR [--out FILE]   # DIR holds sharegpt/lmsys/splitwise.csv
 
 The package never reads the reference traces at run time (a user's machine does not have them); it ships
 what this script derives: per dataset, the quantile functions of prompt and output length, a rank copula
@@ -31,7 +30,6 @@ DATASETS = {
     "lmsys": "LMSYS-Chat-1M sample (100k) as tokenized by the NanoFlow authors",
     "splitwise": "Azure LLM inference trace 2023, conversation service (Splitwise, ISCA 2024); CC-BY",
 }
-DEFAULT_TRACES = REPO.parent / "shared" / "traces"
 DEFAULT_OUT = REPO / "workloads" / "data" / "calibration.json"
 
 
@@ -67,7 +65,7 @@ def dumps(document: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--traces", type=Path, default=DEFAULT_TRACES, help="folder holding the three CSVs")
+    parser.add_argument("--traces", type=Path, required=True, help="folder holding the three reference CSVs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="calibration JSON to write")
     args = parser.parse_args(argv)
     text = dumps(calibrate(args.traces))

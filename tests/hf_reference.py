@@ -75,6 +75,21 @@ def save_tiny_model(make_model, cfg, path, seed: int = 0):
     return model
 
 
+def generate_with_logits(eng, prompts: list[list[int]], steps: int):
+    """Run prompts on an engine built with keep_logits=True, `steps` tokens each (EOS ignored).
+    -> (request ids, tokens per prompt, each sampled step's logits per prompt)."""
+    from engine import SamplingParams
+
+    ids = [eng.add_request(p, SamplingParams(max_tokens=steps, ignore_eos=True)) for p in prompts]
+    tokens = {i: [] for i in ids}
+    logits = {i: [] for i in ids}
+    while eng.has_unfinished():
+        for o in eng.step():
+            tokens[o.request_id] += o.new_token_ids
+            logits[o.request_id].append(eng.last_logits[o.request_id].clone())
+    return ids, [tokens[i] for i in ids], [logits[i] for i in ids]
+
+
 @torch.no_grad()
 def hf_greedy(model, prompt: list[int], steps: int) -> tuple[list[int], list[torch.Tensor]]:
     """Greedy decoding with a full forward per step (no KV cache): the plainest possible reference."""

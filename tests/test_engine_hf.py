@@ -7,7 +7,7 @@ error and the 32 greedy tokens must be identical.
 
 import pytest
 import torch
-from hf_reference import VARIANTS, hf_greedy, save_tiny_checkpoint
+from hf_reference import VARIANTS, generate_with_logits, hf_greedy, save_tiny_checkpoint
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 
@@ -47,14 +47,8 @@ def run_engine(path, prompts, **mode):
             max_model_len=256, **mode
         )
     )
-    ids = [eng.add_request(p, SamplingParams(max_tokens=STEPS, ignore_eos=True)) for p in prompts]
-    tokens = {i: [] for i in ids}
-    logits = {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            tokens[o.request_id] += o.new_token_ids
-            logits[o.request_id].append(eng.last_logits[o.request_id])
-    return eng, [tokens[i] for i in ids], [logits[i] for i in ids]
+    _, tokens, logits = generate_with_logits(eng, prompts, STEPS)
+    return eng, tokens, logits
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

@@ -14,7 +14,7 @@ import re
 
 import pytest
 import torch
-from hf_reference import TINY, hf_greedy, save_tiny_model
+from hf_reference import TINY, generate_with_logits, hf_greedy, save_tiny_model
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.errors import EngineConfigError
@@ -99,14 +99,8 @@ def run_engine(path, prompts):
     eng = LLMEngine(EngineConfig(model=str(path), device="cpu", dtype="float32", keep_logits=True,
                                  poison_kv_cache=True, max_model_len=128, block_size=8,
                                  enable_chunked_prefill=True, max_num_batched_tokens=16, num_kv_blocks=64))
-    ids = [eng.add_request(p, SamplingParams(max_tokens=STEPS, ignore_eos=True)) for p in prompts]
-    tokens = {i: [] for i in ids}
-    logits = {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            tokens[o.request_id] += o.new_token_ids
-            logits[o.request_id].append(eng.last_logits[o.request_id])
-    return eng, [tokens[i] for i in ids], [logits[i] for i in ids]
+    _, tokens, logits = generate_with_logits(eng, prompts, STEPS)
+    return eng, tokens, logits
 
 
 def one_line_refusal(path) -> str:

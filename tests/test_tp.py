@@ -7,15 +7,13 @@ sequential plan; with more ranks than KV heads the KV heads are replicated.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from engine import EngineConfig, LLMEngine
 from engine.errors import EngineConfigError
 from engine.request import SamplingParams
-from tests.hf_reference import save_tiny_checkpoint
+from tests.hf_reference import generate_with_logits, save_tiny_checkpoint, save_tiny_model
 
 STEPS = 6
 
@@ -29,18 +27,11 @@ def run(config: EngineConfig, prompts) -> tuple[list[list[int]], list[list[torch
     """Greedy tokens and each step's logits per prompt (rank 0's view), and the engine's stats."""
     eng = LLMEngine(config)
     try:
-        ids = [eng.add_request(p, SamplingParams(max_tokens=STEPS, ignore_eos=True)) for p in prompts]
-        tokens = {i: [] for i in ids}
-        logits = {i: [] for i in ids}
-        while eng.has_unfinished():
-            for o in eng.step():
-                tokens[o.request_id] += o.new_token_ids
-            for rid, row in (eng.last_logits or {}).items():
-                logits[rid].append(row.clone())
+        _, tokens, logits = generate_with_logits(eng, prompts, STEPS)
         stats = {**eng.stats(), "heads_per_rank": eng.runner.model.cfg.num_heads}
     finally:
         eng.close()
-    return [tokens[i] for i in ids], [logits[i] for i in ids], stats
+    return tokens, logits, stats
 
 
 def assert_same(ref, got):
@@ -95,17 +86,7 @@ def _save_8_heads(path):
     cfg = transformers.LlamaConfig(vocab_size=384, hidden_size=128, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512,
                                    rope_theta=500000.0)
-    torch.manual_seed(1)
-    model = transformers.LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-            elif "embed" in name:
-                p.normal_(0.0, 1.0)
-            else:
-                p.normal_(0.0, 1.5 / math.sqrt(p.shape[-1]))
-    model.save_pretrained(path)
+    save_tiny_model(transformers.LlamaForCausalLM, cfg, path, seed=1)
 
 
 @pytest.mark.parametrize("tp", [4, 8])
