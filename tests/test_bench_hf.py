@@ -72,3 +72,18 @@ def test_from_engine_preset():
         assert ph.records[0].output_len == 3 and b.vocab_size == 512
     finally:
         b.close()
+
+
+def test_peer_config_carries_what_changes_the_math_or_refuses():
+    """The peer from a preset computes that preset's model: activation and MLP biases carried, a sliding window
+    (which Llama's class cannot apply) refused in one line."""
+    from dataclasses import replace
+
+    from engine.presets import get_preset
+    from nanotune.bench.backends.hf import hf_config_from_preset
+    from nanotune.errors import UserError
+
+    cfg = hf_config_from_preset(replace(get_preset("tiny-llama"), hidden_act="gelu", mlp_bias=True))
+    assert (cfg.hidden_act, cfg.mlp_bias) == ("gelu", True)
+    with pytest.raises(UserError, match="sliding window"):
+        hf_config_from_preset(get_preset("mistral-7b-v0.1"))

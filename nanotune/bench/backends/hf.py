@@ -19,12 +19,14 @@ import queue
 
 from nanotune.bench.backends.base import Backend
 from nanotune.bench.records import BenchRequest, RequestRecord
+from nanotune.errors import UserError
 
 
 def hf_llama_config(num_layers: int, hidden_size: int, intermediate_size: int, num_heads: int,
                     num_kv_heads: int, head_dim: int, vocab_size: int, rope_theta: float = 10000.0,
                     rope_scaling: dict | None = None, max_position: int = 4096, rms_norm_eps: float = 1e-5,
-                    qkv_bias: bool = False, tie_word_embeddings: bool = False):
+                    qkv_bias: bool = False, tie_word_embeddings: bool = False, hidden_act: str = "silu",
+                    mlp_bias: bool = False):
     """A `transformers.LlamaConfig` of these shapes. Qwen2's q/k/v bias is approximated by Llama's
     `attention_bias` (which also biases o_proj: hidden_size extra parameters, nothing for throughput)."""
     from transformers import LlamaConfig
@@ -35,16 +37,22 @@ def hf_llama_config(num_layers: int, hidden_size: int, intermediate_size: int, n
         vocab_size=vocab_size, rope_theta=rope_theta,
         rope_scaling=dict(rope_scaling) if rope_scaling else None,
         max_position_embeddings=max_position, rms_norm_eps=rms_norm_eps, attention_bias=qkv_bias,
+        hidden_act=hidden_act, mlp_bias=mlp_bias,
         tie_word_embeddings=tie_word_embeddings, eos_token_id=None, bos_token_id=None, pad_token_id=None,
     )
 
 
 def hf_config_from_preset(preset):
-    """From an engine `ModelConfig` (engine.presets.get_preset(name))."""
+    """From an engine `ModelConfig` (engine.presets.get_preset(name)). A preset with a sliding window is
+    refused: Llama's class attends to the whole context, so the peer would compute another model."""
+    if preset.sliding_window:
+        raise UserError(f"--engine hf: preset '{preset.name}' has a {preset.sliding_window}-token sliding window, "
+                         "which the Llama peer cannot apply; use the nanoflow engine for it")
     return hf_llama_config(preset.num_layers, preset.hidden_size, preset.intermediate_size, preset.num_heads,
                            preset.num_kv_heads, preset.head_dim, preset.vocab_size, preset.rope_theta,
-                           preset.rope_scaling, preset.max_position, preset.rms_norm_eps, preset.qkv_bias,
-                           preset.tie_word_embeddings)
+                           preset.rope_scaling, preset.max_position, preset.rms_norm_eps,
+                           preset.qkv_bias or preset.o_bias, preset.tie_word_embeddings, preset.hidden_act,
+                           preset.mlp_bias)
 
 
 def build_random_model(config, device: str, dtype: str | None, attn: str, seed: int):
