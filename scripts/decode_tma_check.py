@@ -187,4 +187,7 @@ def print_row(row, shape) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    wrong = [r["variant"] for r in result["rows"] if not r.get("ok")]
+    if result["errors"] or wrong:  # recorded in the JSON; a failed check or kernel error exits 1
+        sys.exit(f"decode_tma_check: {len(result['errors'])} errors, variants off their reference: {wrong}")

@@ -109,7 +109,12 @@ def main() -> None:
         ap.error("--out DIR (or $OUT) is required")
     if args.smoke:
         args.device, args.model, args.n, args.warmups = "cpu", "tiny-llama", min(args.n, 3), min(args.warmups, 1)
-    run(args)
+    out = run(args)
+    bad = [f"KV {kv} {w} {plan}: {r['error'] or str(r['metrics']['failed']) + ' requests failed'}"
+           for kv, d in out["kv"].items() for w, e in (d.get("workloads") or {}).items()
+           for plan, r in e["plans"].items() if r["error"] or r["metrics"].get("failed")]
+    if bad:  # a run that failed is recorded in the JSON, and the script says so and exits 1
+        raise SystemExit("power_bound: " + "; ".join(bad))
 
 
 def run(args) -> dict:

@@ -228,6 +228,10 @@ def main() -> None:
         out["ratios"] = ratios(out["runs"])
         save()
     print(f"wrote {out_dir / 'tp-bench.json'}")
+    bad = [f"tp {r['tp']} {r['plan']} {r['trace']}: {r['result']['error'] or 'requests failed'}" for r in out["runs"]
+           if r["result"]["error"] or r["result"]["metrics"].get("failed")]
+    if bad:  # recorded in the JSON; the script exits 1 so a wrapper sees it
+        raise SystemExit("tp_bench: " + "; ".join(bad))
 
 
 if __name__ == "__main__":
