@@ -152,6 +152,8 @@ class LLMEngine:
         if req is None:
             return False
         self.runner.sampler.forget(request_id)
+        if self._driver is not None:  # every rank drops it before the next step, so their batches stay equal
+            self._driver.abort(request_id)
         return self.scheduler.abort(req)
 
     def has_unfinished(self) -> bool:

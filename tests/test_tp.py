@@ -105,6 +105,31 @@ def test_random_weights_tp2_equal_tp1():
     assert_same(ref, got)
 
 
+def test_abort_reaches_every_rank():
+    """A request aborted on rank 0 (a client went away) is dropped on every rank before the next step: the
+    other requests then get TP1's tokens, and the ranks keep stepping together."""
+    def tokens_after_abort(cfg):
+        eng = LLMEngine(cfg)
+        try:
+            ids = [eng.add_request(p, SamplingParams(max_tokens=STEPS, ignore_eos=True)) for p in _prompts(512)]
+            out = {i: [] for i in ids}
+            for k in range(200):
+                if k == 3:
+                    assert eng.abort(ids[1])
+                if not eng.has_unfinished():
+                    break
+                for o in eng.step():
+                    out[o.request_id] += o.new_token_ids
+            return [out[i] for i in ids if i != ids[1]], eng.stats()["num_running"]
+        finally:
+            eng.close()
+
+    kw = dict(num_kv_blocks=64)
+    ref = tokens_after_abort(_cfg("tiny-llama-micro", **kw))
+    got = tokens_after_abort(_cfg("tiny-llama-micro", tp=2, **kw))
+    assert got == ref and all(len(t) == STEPS for t in ref[0])
+
+
 def test_dead_worker_ends_the_run_naming_its_rank():
     from engine.parallel.launch import TPWorkerError
 

@@ -5,6 +5,7 @@ pickled commands as uint8 [payload bytes]: a plain step (nothing added) costs on
   ("add", prompt_ids, SamplingParams, request_id)   a request rank 0 accepted since the last message
   ("step", timed)                                   one LLMEngine.step (timed: with per-op timings)
   ("plan", PipelinePlan)                            LLMEngine.set_plan
+  ("abort", request_id)                             LLMEngine.abort (sent with the next message, like "add")
   ("stop",)                                         leave the loop
 """
 
@@ -32,6 +33,9 @@ class Driver:
 
     def add(self, prompt_ids, params, request_id: str) -> None:
         self.pending.append(("add", list(prompt_ids), params, request_id))
+
+    def abort(self, request_id: str) -> None:
+        self.pending.append(("abort", request_id))
 
     def send(self, *cmd) -> None:
         msg, self.pending = [*self.pending, cmd], []
@@ -70,6 +74,8 @@ def follow(engine, tp: TPGroup) -> None:
                 engine.step([] if cmd[1] else None)
             elif cmd[0] == "plan":
                 engine.set_plan(cmd[1])
+            elif cmd[0] == "abort":
+                engine.abort(cmd[1])
             elif cmd[0] == "stop":
                 return
 
