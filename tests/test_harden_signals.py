@@ -69,3 +69,26 @@ def test_search_interrupted_writes_what_it_has_and_says_how_to_resume(tmp_path):
     assert "continue it with: nanotune search --study stopme --resume" in out.replace("\n", "")
     result = json.loads(next((tmp_path / "r").glob("*search*/result.json")).read_text())
     assert result["partial"] and result["signal"] == "SIGINT" and result["study"]["num_trials"] >= 2
+
+
+def test_study_stops_on_the_flag_even_when_the_interrupt_is_swallowed():
+    """A stop signal whose KeyboardInterrupt was raised where Python ignores it (seen once under load:
+    "Exception ignored in ... raise KeyboardInterrupt") must still end the study: run_study asks the flag
+    after every trial."""
+    import types
+
+    import optuna
+
+    from nanotune.search.study import run_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    calls = []
+
+    def objective(trial):
+        calls.append(1)
+        return trial.suggest_float("x", 0, 1)
+
+    objective.ctx = types.SimpleNamespace(objective="throughput")
+    run_study(study, objective, n_trials=100_000, timeout=None, progress=False, should_stop=lambda: len(calls) >= 3)
+    assert len(study.trials) == 3

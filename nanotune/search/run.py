@@ -203,7 +203,8 @@ def _finish(cfg: SearchConfig, ctx: SearchContext, info: dict, study, name: str,
     num_before = len(study.trials)
     try:
         with quiet_interrupts():
-            run_study(study, Objective(ctx), cfg.n_trials, cfg.timeout_s, cfg.progress)
+            run_study(study, Objective(ctx), cfg.n_trials, cfg.timeout_s, cfg.progress,
+                      should_stop=lambda: stop.stopped)
     except KeyboardInterrupt:  # SIGINT or SIGTERM: keep the trials that completed
         pass
     if stop.stopped:

@@ -93,8 +93,11 @@ def _best_text(study, objective: str) -> str:
     return f"best TPOT {t.value:.2f} ms (trial {t.number})"
 
 
-def run_study(study, objective: Objective, n_trials: int | None, timeout: float | None, progress: bool) -> None:
-    """Optimize with a rich progress bar showing the best so far (on stderr)."""
+def run_study(study, objective: Objective, n_trials: int | None, timeout: float | None, progress: bool,
+              should_stop=lambda: False) -> None:
+    """Optimize with a rich progress bar showing the best so far (on stderr). should_stop() is asked after every
+    trial: a stop signal normally lands as a KeyboardInterrupt, but one raised where Python cannot propagate it
+    (a finalizer, a callback: "Exception ignored in ...") would otherwise leave the study running."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nanotune.console import err_console
@@ -106,6 +109,8 @@ def run_study(study, objective: Objective, n_trials: int | None, timeout: float 
 
         def callback(st, trial):
             bar.update(task, advance=1, best=_best_text(st, objective.ctx.objective))
+            if should_stop():
+                st.stop()
 
         study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[callback])
 
