@@ -1,158 +1,222 @@
-"""ScheduledBatch (host) -> ForwardBatch (device tensors), with one host-to-device copy per dtype.
+"""ScheduledBatch (host) -> ForwardBatch (device views): the runner's one input-staging path.
 
-numpy does the per-token arithmetic; only the per-sequence loop is Python.
+Every step, eager or a CUDA-graph replay, writes its inputs into the same two static device buffers (int64,
+int32) with one host-to-device copy per dtype, from one of two pinned host buffers (two: the next step is
+staged while the copy of the one before may not have run yet). A `Layout` fixes where each input sits, so a
+graph captured over a layout and every later step staged in it read the same addresses.
+
+Block tables come from a persistent host table, one row per running request, extended in place as the
+request's block list grows (its list object is replaced only when the request is re-admitted after a
+preemption, and then the row is rewritten); a step gathers its rows with numpy. The Python per sequence is
+a few scalar reads; the per-token arithmetic is numpy.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from engine.models.forward import ForwardBatch, PrefillMeta
 from engine.plan import PipelinePlan
+from engine.request import PENDING_TOKEN
 from engine.scheduler import ScheduledBatch
+from engine.sizing import DECODE_ROW_ALIGN
 
 
-class BatchBuilder:
-    def __init__(self, plan: PipelinePlan, block_size: int, max_blocks_per_seq: int, device: torch.device):
-        self.plan = plan
-        self.bs = block_size
-        self.max_blocks = max_blocks_per_seq
-        self.device = device
-        self.prefill_ranges = [i for i in plan.ops if i.op == "prefill_attn"]
+@dataclass(frozen=True)
+class Layout:
+    """Where a step's inputs sit in the static buffers.
 
-    def host_arrays(self, batch: ScheduledBatch, pad_to: int | None = None,
-                    pending: dict[str, int] | None = None, decode_rows: int | None = None) -> dict[str, np.ndarray]:
-        """The batch as numpy arrays (rows padded to pad_to for CUDA-graph buckets).
+    rows [0, decode_rows) are decode rows (the batch's first, then padding: context 1, no KV store) and
+    prefill rows start at decode_rows; rows past the last prefill token up to `rows` are padding. pieces > 0:
+    a CUDA-graph layout (static shapes): each prefill_attn instance spans its whole row range with exactly
+    `pieces` pieces (empty ones pad); 0: the batch's own pieces (eager)."""
 
-        decode_rows: rows [0, decode_rows) are decode rows (the real ones first, then padding) and prefill
-        rows start there (a mixed CUDA-graph bucket); default: the batch's own decode count.
-
-        pending: request id -> index of its token in the previous iteration's sampled tensor, for decode
-        rows whose input token is still on the GPU (async scheduling); those rows are listed in
-        fix_rows / fix_src and filled on the device.
-        """
-        bs = self.bs
-        n_rows = pad_to or batch.num_tokens
-        ids = np.zeros(n_rows, np.int64)
-        pos = np.zeros(n_rows, np.int64)
-        slots = np.full(n_rows, -1, np.int64)
-        nd = batch.num_decode
-        nd_rows = decode_rows if decode_rows is not None else (pad_to if (pad_to and batch.is_decode_only) else nd)
-        # eager batches trim block tables to the longest sequence here (attention sizes its split-KV from
-        # the width); CUDA-graph buckets keep the full width so the captured shapes stay static
-        width = self.max_blocks if pad_to else max((len(s.request.block_ids) for s in batch.seqs[:nd]), default=1)
-        dec_bt = np.zeros((nd_rows, width), np.int32)
-        dec_ctx = np.ones(nd_rows, np.int32)  # padding rows attend to one (garbage) token, never NaN
-        logits_rows, fix_rows, fix_src = [], [], []
-        row = 0
-        for i, s in enumerate(batch.seqs):
-            req, n, start = s.request, s.num_tokens, s.start
-            blocks = req.block_ids
-            if i == nd:  # prefill rows begin after the (padded) decode rows
-                row = nd_rows
-            if i < nd:  # decode: one token at position `start`, the request's newest token
-                if req.has_pending:  # the token is still on the GPU: gathered there (fix_rows)
-                    fix_rows.append(row)
-                    fix_src.append(pending[req.request_id])
-                else:
-                    ids[row] = req.output_ids[-1] if req.output_ids else req.prompt_ids[-1]
-                pos[row] = start
-                slots[row] = blocks[start // bs] * bs + start % bs
-                dec_bt[i, : len(blocks)] = blocks
-                dec_ctx[i] = start + 1
-            else:
-                p = np.arange(start, start + n)
-                known = req.prompt_ids if start + n <= req.num_prompt_tokens else req.all_ids
-                ids[row : row + n] = known[start : start + n]
-                pos[row : row + n] = p
-                slots[row : row + n] = np.asarray(blocks, np.int64)[p // bs] * bs + p % bs
-            row += n
-            if s.samples:
-                logits_rows.append(row - 1)
-        return {"ids": ids, "pos": pos, "slots": slots, "dec_bt": dec_bt, "dec_ctx": dec_ctx,
-                "logits_rows": np.asarray(logits_rows, np.int64),
-                "fix_rows": np.asarray(fix_rows, np.int64), "fix_src": np.asarray(fix_src, np.int64)}
-
-    def prefill_meta(self, batch: ScheduledBatch, n_rows: int, decode_rows: int | None = None,
-                     max_pieces: int | None = None) -> list[tuple[tuple[int, int], dict]] | None:
-        """For each prefill_attn instance's row range: the pieces of prefill sequences inside it.
-
-        max_pieces (a mixed CUDA-graph bucket): static shapes. Each instance's rows run to the end of its
-        range, padding included, and its pieces are padded with empty ones to max_pieces; None if more."""
-        out = []
-        nd = batch.num_decode
-        start = nd if decode_rows is None else decode_rows
-        seq_rows, row = [], start
-        for s in batch.seqs[nd:]:
-            seq_rows.append((row, s))
-            row += s.num_tokens
-        for inst in self.prefill_ranges:
-            a, b = self.plan.rows(inst, n_rows)
-            lo, hi = max(a, start), min(b, row)
-            cu, lens, bts, max_q = [0], [], [], 0
-            for r0, s in seq_rows:
-                p0, p1 = max(r0, lo), min(r0 + s.num_tokens, hi)
-                if p0 >= p1:
-                    continue
-                cu.append(cu[-1] + p1 - p0)
-                lens.append(s.start + (p1 - r0))  # context ends at the piece's last row
-                bt = np.zeros(self.max_blocks, np.int32)
-                bt[: len(s.request.block_ids)] = s.request.block_ids
-                bts.append(bt)
-                max_q = max(max_q, p1 - p0)
-            if max_pieces is not None:
-                if len(lens) > max_pieces:
-                    return None
-                pad = max_pieces - len(lens)
-                cu += [cu[-1]] * pad
-                lens += [0] * pad
-                bts += [np.zeros(self.max_blocks, np.int32)] * pad
-                hi, max_q = b, max(b - lo, 0)
-            out.append(((a, b), {"row_lo": lo, "row_hi": max(lo, hi), "cu": np.asarray(cu, np.int32),
-                                 "lens": np.asarray(lens, np.int32),
-                                 "bt": np.stack(bts) if bts else np.zeros((0, self.max_blocks), np.int32),
-                                 "max_q": max_q}))
-        return out
-
-    def build(self, batch: ScheduledBatch, prev=None) -> ForwardBatch:
-        """prev: the previous iteration's StepHandle when some input tokens are still on the GPU."""
-        h = self.host_arrays(batch, pending=prev.sample_index if prev else None)
-        metas = self.prefill_meta(batch, batch.num_tokens)
-        # pack every int64 array and every int32 array into one buffer each: two copies, not a dozen
-        i64 = [h["ids"], h["pos"], h["slots"], h["logits_rows"], h["fix_rows"], h["fix_src"]]
-        i32 = [h["dec_bt"].ravel(), h["dec_ctx"]]
-        for _, m in metas:
-            i32 += [m["cu"], m["lens"], m["bt"].ravel()]
-        d64 = upload(i64, self.device)
-        d32 = upload(i32, self.device)
-        nd = batch.num_decode
-        fb = ForwardBatch(num_tokens=batch.num_tokens, num_decode=nd, input_ids=d64[0], positions=d64[1],
-                          slot_mapping=d64[2], logits_rows=d64[3],
-                          decode_block_tables=d32[0].view(nd, -1) if nd else d32[0].view(0, 1),
-                          decode_context_lens=d32[1])
-        fill_pending(fb.input_ids, d64[4], d64[5], prev)
-        for k, (rng, m) in enumerate(metas):
-            cu, lens, bt = d32[2 + 3 * k : 5 + 3 * k]
-            fb.prefill[rng] = PrefillMeta(m["row_lo"], m["row_hi"], cu, lens, bt.view(-1, self.max_blocks),
-                                          m["max_q"])
-        return fb
-
-
-def upload(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
-    """Arrays of one dtype -> device views of them, through one pinned buffer and one asynchronous copy."""
-    flat = np.concatenate(arrays) if arrays else np.zeros(0)
-    t = torch.from_numpy(flat)
-    if device.type == "cuda":
-        t = t.pin_memory().to(device, non_blocking=True)
-    out, off = [], 0
-    for a in arrays:
-        out.append(t[off : off + a.size])
-        off += a.size
-    return out
+    rows: int
+    decode_rows: int
+    width: int  # block-table columns
+    pieces: int = 0
+    all_rows_sample: bool = False  # decode-only graphs: logits over every row (padding sliced off after)
 
 
 def fill_pending(input_ids: torch.Tensor, rows: torch.Tensor, src: torch.Tensor, prev) -> None:
     """input_ids[rows] = previous iteration's sampled tokens[src], on the device (no host round trip)."""
     if rows.numel():
         input_ids[rows] = prev.tokens_dev[src]
+
+
+class BatchBuilder:
+    def __init__(self, plan: PipelinePlan, block_size: int, max_blocks_per_seq: int, max_rows: int,
+                 max_seqs: int, device: torch.device, graph_pieces: int = 0):
+        self.plan = plan
+        self.bs = block_size
+        self.max_blocks = max_blocks_per_seq
+        self.device = device
+        self.prefill_ranges = [i for i in plan.ops if i.op == "prefill_attn"]
+        mb = max_blocks_per_seq
+        self.max_decode_rows = -(-max_seqs // DECODE_ROW_ALIGN) * DECODE_ROW_ALIGN
+        # ids | positions | slots (rows each), then logits rows, fix rows, fix sources (<= rows each)
+        n64 = 6 * max(max_rows, self.max_decode_rows)
+        # decode block tables | context lens, then per prefill instance: cu_seqlens | seq lens | block tables
+        # (a piece per prefill sequence: at most max_seqs of them, or a graph layout's graph_pieces)
+        pieces = max(max_seqs, graph_pieces)
+        n32 = self.max_decode_rows * (mb + 1) + len(self.prefill_ranges) * (pieces * (mb + 2) + 1)
+        pin = device.type == "cuda"
+        self.dev64 = torch.zeros(n64, dtype=torch.int64, device=device)
+        self.dev32 = torch.zeros(n32, dtype=torch.int32, device=device)
+        self.host64 = [torch.zeros(n64, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
+        self.host32 = [torch.zeros(n32, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+        self.copied = [None, None]  # per host buffer: the event after its last copy (CUDA)
+        self.turn = 0
+        # persistent block table: request id -> [row, the block list object written, entries written, request]
+        self.table = np.zeros((max_seqs + 1, mb), np.int32)
+        self.entries: dict[str, list] = {}
+        self.free_rows = list(range(max_seqs, -1, -1))
+        self.arange = np.arange(max(max_rows, self.max_decode_rows, mb * block_size), dtype=np.int64)
+
+    # ---- layouts ------------------------------------------------------------------------------------
+    def eager_layout(self, batch: ScheduledBatch) -> Layout:
+        """The batch's own shape; block tables trimmed to the longest decode sequence (split-KV attention
+        sizes its grid from the width)."""
+        nd = batch.num_decode
+        width = max((len(s.request.block_ids) for s in batch.seqs[:nd]), default=1)
+        return Layout(batch.num_tokens, nd, width, 0, batch.is_decode_only)
+
+    # ---- the persistent block table -----------------------------------------------------------------
+    def _row(self, req) -> int:
+        blocks = req.block_ids
+        e = self.entries.get(req.request_id)
+        if e is None or e[1] is not blocks:  # new here, or re-admitted with new blocks
+            row = e[0] if e is not None else self._take_row()
+            self.table[row, : len(blocks)] = blocks
+            self.entries[req.request_id] = [row, blocks, len(blocks), req]
+            return row
+        n = len(blocks)
+        if n != e[2]:
+            self.table[e[0], e[2] : n] = blocks[e[2] :]
+            e[2] = n
+        return e[0]
+
+    def _take_row(self) -> int:
+        if not self.free_rows:  # rows of requests that no longer hold their blocks go back to the pool
+            for rid in [k for k, e in self.entries.items() if e[3].block_ids is not e[1]]:
+                self.free_rows.append(self.entries.pop(rid)[0])
+        return self.free_rows.pop()
+
+    # ---- staging ------------------------------------------------------------------------------------
+    def stage(self, batch: ScheduledBatch, prev, lay: Layout) -> ForwardBatch | None:
+        """Write the batch's inputs in layout `lay`, upload them, and return the ForwardBatch of views.
+        prev: the previous iteration's StepHandle when some decode input tokens are still on the GPU.
+        None: the batch does not fit a graph layout (more prefill pieces than it has)."""
+        metas = self._pieces(batch, lay)
+        if metas is None:
+            return None
+        self.turn ^= 1
+        k = self.turn
+        if self.copied[k] is not None:
+            self.copied[k].synchronize()  # the copy that last read this host buffer (two steps ago) is done
+        h64, h32 = self.host64[k].numpy(), self.host32[k].numpy()
+        T, D, W, bs = lay.rows, lay.decode_rows, lay.width, self.bs
+        ids, pos, slots = h64[:T], h64[T : 2 * T], h64[2 * T : 3 * T]
+        ids[:] = 0
+        pos[:] = 0
+        slots[:] = -1
+        bt = h32[: D * W].reshape(D, W)
+        ctx = h32[D * W : D * (W + 1)]
+        nd = batch.num_decode
+        fix_rows = fix_src = ()
+        if nd:
+            reqs = [s.request for s in batch.seqs[:nd]]
+            starts = np.fromiter((s.start for s in batch.seqs[:nd]), np.int64, nd)
+            trows = np.fromiter((self._row(r) for r in reqs), np.int64, nd)
+            bt[:nd] = self.table[trows, :W]
+            ctx[:nd] = starts + 1
+            pos[:nd] = starts
+            slots[:nd] = bt[:nd][self.arange[:nd], starts // bs].astype(np.int64) * bs + starts % bs
+            # a decode row's input is its newest token; PENDING_TOKEN: still on the GPU, gathered there
+            ids[:nd] = [r.output_ids[-1] if r.output_ids else r.prompt_ids[-1] for r in reqs]
+            fix_rows = np.flatnonzero(ids[:nd] == PENDING_TOKEN)
+            if len(fix_rows):
+                pending = prev.sample_index
+                fix_src = [pending[reqs[i].request_id] for i in fix_rows]
+                ids[fix_rows] = 0
+        bt[nd:] = 0
+        ctx[nd:] = 1  # padding rows attend to one (garbage) token, never NaN
+        logits = [self.arange[:nd]] if not lay.all_rows_sample else [self.arange[:T]]
+        row = D
+        for s in batch.seqs[nd:]:
+            req, n, start = s.request, s.num_tokens, s.start
+            known = req.prompt_ids if start + n <= req.num_prompt_tokens else req.all_ids
+            ids[row : row + n] = known[start : start + n]
+            p = self.arange[start : start + n]
+            pos[row : row + n] = p
+            slots[row : row + n] = self.table[self._row(req), p // bs].astype(np.int64) * bs + p % bs
+            row += n
+            if s.samples:
+                logits.append(np.array([row - 1], np.int64))
+        logits = np.concatenate(logits)
+        nl, nf = len(logits), len(fix_rows)
+        tail = h64[3 * T : 3 * T + nl + 2 * nf]
+        tail[:nl] = logits
+        tail[nl : nl + nf] = fix_rows
+        tail[nl + nf :] = fix_src
+        off = D * (W + 1)
+        views = []
+        for (a, b), lo, hi, pieces, max_q in metas:
+            p = lay.pieces or len(pieces)
+            cu, lens = h32[off : off + p + 1], h32[off + p + 1 : off + 2 * p + 1]
+            pbt = h32[off + 2 * p + 1 : off + 2 * p + 1 + p * self.max_blocks].reshape(p, self.max_blocks)
+            cu[0] = 0
+            for j, (req, rows_in, ctx_end) in enumerate(pieces):
+                cu[j + 1] = cu[j] + rows_in
+                lens[j] = ctx_end
+                pbt[j] = self.table[self._row(req)]
+            cu[len(pieces) + 1 :] = cu[len(pieces)]
+            lens[len(pieces) :] = 0
+            pbt[len(pieces) :] = 0
+            views.append(((a, b), lo, hi, off, p, max_q))
+            off += 2 * p + 1 + p * self.max_blocks
+        n64 = 3 * T + nl + 2 * nf
+        d64, d32 = self.dev64, self.dev32
+        d64[:n64].copy_(self.host64[k][:n64], non_blocking=True)
+        d32[:off].copy_(self.host32[k][:off], non_blocking=True)
+        if self.device.type == "cuda":
+            ev = self.copied[k] = self.copied[k] or torch.cuda.Event()
+            ev.record()
+        fb = ForwardBatch(num_tokens=T, num_decode=D, input_ids=d64[:T], positions=d64[T : 2 * T],
+                          slot_mapping=d64[2 * T : 3 * T], decode_block_tables=d32[: D * W].view(D, W),
+                          decode_context_lens=d32[D * W : D * (W + 1)], logits_rows=d64[3 * T : 3 * T + nl])
+        fill_pending(fb.input_ids, d64[3 * T + nl : 3 * T + nl + nf], d64[3 * T + nl + nf : n64], prev)
+        mb = self.max_blocks
+        for rng, lo, hi, o, p, max_q in views:
+            fb.prefill[rng] = PrefillMeta(lo, hi, d32[o : o + p + 1], d32[o + p + 1 : o + 2 * p + 1],
+                                          d32[o + 2 * p + 1 : o + 2 * p + 1 + p * mb].view(p, mb), max_q)
+        return fb
+
+    def _pieces(self, batch: ScheduledBatch, lay: Layout) -> list | None:
+        """Per prefill_attn instance: ((a, b), row_lo, row_hi, [(request, rows, context end)], max_q): the
+        pieces of the prefill sequences inside its row range. A graph layout's instance runs to the end of its
+        range (padding included); None if it has more pieces than the layout."""
+        out, row = [], lay.decode_rows
+        seq_rows = []
+        for s in batch.seqs[batch.num_decode :]:
+            seq_rows.append((row, s))
+            row += s.num_tokens
+        for inst in self.prefill_ranges:
+            a, b = self.plan.rows(inst, lay.rows)
+            lo, hi = max(a, lay.decode_rows), min(b, row)
+            pieces, max_q = [], 0
+            for r0, s in seq_rows:
+                p0, p1 = max(r0, lo), min(r0 + s.num_tokens, hi)
+                if p0 < p1:
+                    pieces.append((s.request, p1 - p0, s.start + (p1 - r0)))  # context ends at the last row
+                    max_q = max(max_q, p1 - p0)
+            if lay.pieces:
+                if len(pieces) > lay.pieces:
+                    return None
+                hi, max_q = b, max(b - lo, 0)
+            out.append(((a, b), lo, max(lo, hi), pieces, max_q))
+        return out
+

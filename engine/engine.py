@@ -14,7 +14,7 @@ from engine.observe import Observer, Observers, StepRecord
 from engine.presets import get_preset
 from engine.request import Request, RequestOutput, SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from engine.sizing import resolve_max_model_len
+from engine.sizing import DECODE_ROW_ALIGN, resolve_max_model_len
 
 
 def load_model_config(model: str) -> ModelConfig:
@@ -57,8 +57,8 @@ class LLMEngine:
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_batched_tokens=config.max_num_batched_tokens, max_num_seqs=config.max_num_seqs,
             max_model_len=self.max_model_len, enable_chunked_prefill=config.enable_chunked_prefill,
-            kv_overcommit=config.kv_overcommit,
-            eos_token_ids=mc.eos_token_ids), self.block_manager)
+            kv_overcommit=config.kv_overcommit, eos_token_ids=mc.eos_token_ids,
+            decode_row_align=DECODE_ROW_ALIGN if self.runner.mixed_graphs is not None else 1), self.block_manager)
         self.requests: dict[str, Request] = {}
         self.last_logits = None
         self.num_steps = 0

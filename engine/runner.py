@@ -137,7 +137,10 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
-        self.builder = BatchBuilder(plan, self.config.block_size, self.max_blocks_per_seq, self.device)
+        from engine.mixed_graphs import MAX_PIECES
+
+        self.builder = BatchBuilder(plan, self.config.block_size, self.max_blocks_per_seq, self.max_tokens,
+                                    self.config.max_num_seqs, self.device, graph_pieces=MAX_PIECES)
         self.executor = PlanExecutor(plan, self.model, self.device)
         if self.device.type == "cuda" and self.config.use_cuda_graphs:
             from engine.graphs import DecodeGraphs
@@ -198,7 +201,7 @@ class ModelRunner:
             logits = self.mixed_graphs.run(batch, prev)  # None: not captured (yet), or too many pieces
             replayed = logits is not None and self.mixed_graphs.replayed
         if logits is None:
-            fb = self.builder.build(batch, prev)
+            fb = self.builder.stage(batch, prev, self.builder.eager_layout(batch))
             self.executor.forward(fb, timings)
             logits = self.model.logits(fb)
         sampling = [s for s in batch.seqs if s.samples]

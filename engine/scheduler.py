@@ -56,6 +56,9 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
     kv_overcommit: float = 1.0  # admit while predicted peak KV <= this x cache; > 1 trades preemption for load
     eos_token_ids: tuple[int, ...] = ()
+    # rows a mixed batch's decode part is padded to (engine.sizing.DECODE_ROW_ALIGN under mixed CUDA graphs):
+    # the padding comes out of the prefill budget, so a full batch has the same padded shape every step
+    decode_row_align: int = 1
 
 
 class Scheduler:
@@ -64,6 +67,7 @@ class Scheduler:
         self.blocks = block_manager
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self._eos = frozenset(config.eos_token_ids)
         self.num_preemptions = 0
 
     # ---- intake -------------------------------------------------------------------------------------
@@ -152,14 +156,17 @@ class Scheduler:
         decode: list[ScheduledSeq] = []
         prefill: list[ScheduledSeq] = []
         # 1. Decode: one token each, oldest first. Victims come from the newest end of `running`.
+        bs = self.blocks.block_size
         for req in list(self.running):
             if req.status is not RequestStatus.RUNNING or budget == 0:
                 continue
-            if req.num_tokens - req.num_computed_tokens != 1:
+            computed = req.num_computed_tokens
+            if req.num_tokens - computed != 1:
                 continue
-            if self._grow(req, 1):
+            if computed < len(req.block_ids) * bs or self._grow(req, 1):  # (room in its last block: no growth)
                 decode.append(ScheduledSeq(req, req.num_computed_tokens, 1, True))
                 budget -= 1
+        budget = max(0, budget - (-len(decode)) % c.decode_row_align)  # the decode rows' padding
         # 2. Running requests part-way through a chunked prefill.
         for req in self.running:
             todo = req.num_tokens - req.num_computed_tokens
@@ -230,22 +237,27 @@ class Scheduler:
                     self._finish(req, "length")
 
     def resolve(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[RequestOutput]:
-        """The batch's sampled tokens reached the host: fill the pending slots, stop at EOS/stop tokens."""
+        """The batch's sampled tokens reached the host: fill the pending slots, stop at EOS/stop tokens.
+        (Runs once per step over every sequence: attribute reads are kept to the few each row needs.)"""
         outputs = []
-        eos = set(self.config.eos_token_ids)
+        emit = outputs.append
+        eos = self._eos
+        finished = RequestStatus.FINISHED
         for seq, tok in zip(batch.seqs, sampled, strict=True):
+            if not seq.samples:
+                continue
             req = seq.request
-            if not seq.samples or req.num_resolved >= len(req.output_ids):
+            outs, n = req.output_ids, req.num_resolved
+            if n >= len(outs):
                 continue  # (a request stopped by an earlier token had its later slots dropped)
-            req.output_ids[req.num_resolved] = tok
-            req.num_resolved += 1
+            outs[n] = tok
+            n = req.num_resolved = n + 1
             p = req.params
-            if req.finish_reason is None and not p.ignore_eos and (tok in eos or tok in p.stop_token_ids):
-                del req.output_ids[req.num_resolved:]  # tokens scheduled after the stop are discarded
+            if not p.ignore_eos and req.finish_reason is None and (tok in eos or tok in p.stop_token_ids):
+                del outs[n:]  # tokens scheduled after the stop are discarded
                 self._finish(req, "stop")
-            done = req.is_finished and req.num_resolved == len(req.output_ids)
-            outputs.append(RequestOutput(req.request_id, [tok], done, req.finish_reason if done else None,
-                                         req.num_resolved))
+            done = req.status is finished and n == len(outs)
+            emit(RequestOutput(req.request_id, [tok], done, req.finish_reason if done else None, n))
         return outputs
 
     def postprocess(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[RequestOutput]:

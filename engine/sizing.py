@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # engine.config imports this module's defaults
 GIB = 1 << 30
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048  # EngineConfig.max_num_batched_tokens: the dense-batch token budget
 DEFAULT_MAX_NUM_SEQS = 512  # EngineConfig.max_num_seqs
+# A mixed CUDA-graph bucket pads its decode rows up to a multiple of this (engine/mixed_graphs.py), and the
+# scheduler leaves that padding out of the prefill budget, so a full batch keeps one bucket, not one per count
+DECODE_ROW_ALIGN = 32
 # The default max_model_len: the model's max_position, capped here. The KV block table and the rope cache are
 # sized by max_model_len, so a model trained to 128k positions would otherwise reserve per-sequence tables for
 # contexts no benchmark uses.

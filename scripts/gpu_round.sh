@@ -4,7 +4,7 @@
 #   GPU=h200 OUT=/tmp/out bash scripts/gpu_round.sh STEP...
 # Steps: kerneltests, enginetests (pytest on the GPU), power (profile --quick --power-only),
 # readme (README's run command, 1,000 ShareGPT requests, with the power-aware bound), bound (power_bound.py),
-# tma (decode_tma_check.py), tp1 (tp_bench.py at --tp 1), serve (serve_vs_inprocess.py).
+# tma (decode_tma_check.py), host (host_time.py), tp1 (tp_bench.py at --tp 1), serve (serve_vs_inprocess.py).
 set -u
 GPU=${GPU:-h200}
 OUT=${OUT:-/tmp/gpu-round}
@@ -41,6 +41,8 @@ for step in "$@"; do
       tar czf "$OUT/bound.tgz" -C "$OUT" power-bound && rm -rf "$OUT/power-bound" ;;
     tma)
       python scripts/decode_tma_check.py --out "$OUT/decode_tma_check.json" > "$log" 2>&1; rc=$? ;;
+    host)  # host time per step against GPU time, 1024/512 at 512 seqs and decode-only at 256 (issue 14)
+      python scripts/host_time.py --n ${N_HOST:-900} --profile-steps 60 --out "$OUT/host-time.json" > "$log" 2>&1; rc=$? ;;
     tp1)  # TP1 through the tensor-parallel code: throughput on constant 1024/512 (issue 15)
       python scripts/tp_bench.py --model llama-3-8b --tp 1 --plans sequential --traces constant:1024:512 -n 900 \
         --op-requests 32 --collectives '' --out "$OUT/tp1" > "$log" 2>&1; rc=$?

@@ -56,9 +56,21 @@ def main() -> int:
         print(f"{name}: steady decode-only {st['decode_only']}\n  mixed {st['mixed']}\n  captures "
               f"{res['num_captures']} ({res['capture_host_ms_total']} ms)", flush=True)
         write_json_atomic(args.out, out)
-        del engine
+        del engine, res
+        _release()
     print(f"wrote {args.out}")
     return 0
+
+
+def _release() -> None:
+    """Give the engine's GPU memory back before the next case builds its own (cycles hold the runner)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def measure_batch(runner, batch, repeats: int) -> dict:
     """Eager (back to back) against one captured graph of the same forward, same inputs."""
     import torch
 
-    fb = runner.builder.build(batch)
+    fb = runner.builder.stage(batch, None, runner.builder.eager_layout(batch))
     fwd = lambda: (runner.executor.forward(fb), runner.model.logits(fb))  # noqa: E731
     launch = []
     for _ in range(3):  # the launch cost alone: each forward starts on an idle GPU, so no queue is full

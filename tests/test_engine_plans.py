@@ -15,15 +15,18 @@ LENS = (3, 17, 40, 64, 9, 120)
 
 
 def run(plan_path=None, bucketed=False, **kw):
-    """bucketed: mixed steps run in engine.mixed_graphs' CUDA-graph layout (padded rows; no graph on CPU)."""
+    """bucketed: mixed and decode-only steps run in the CUDA-graph layouts of engine.mixed_graphs and
+    engine.graphs (padded rows, full-width block tables; no graph on CPU)."""
     eng = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", dtype="float32", keep_logits=True,
                                  poison_kv_cache=True, max_model_len=512, max_num_batched_tokens=96,
                                  plan=plan_path, **kw))
     if bucketed:
+        from engine.graphs import DecodeGraphs
         from engine.mixed_graphs import MixedGraphs
 
         r = eng.runner
         r.mixed_graphs = MixedGraphs(r, r.max_tokens, min(r.config.max_num_seqs, r.max_tokens))
+        r.graphs = DecodeGraphs(r, min(r.config.max_num_seqs, r.max_tokens))
     g = torch.Generator().manual_seed(3)
     ids = [eng.add_request(torch.randint(0, 2048, (n,), generator=g).tolist(),
                            SamplingParams(max_tokens=12, ignore_eos=True)) for n in LENS]
@@ -82,6 +85,18 @@ def test_mixed_graph_layout_with_max_num_seqs_not_a_multiple_of_the_decode_step(
     """Decode rows round up to DECODE_STEP (32) past max_num_seqs (5 here): the static buffers hold them."""
     ref_tokens, ref_logits = run(max_num_seqs=5)
     tokens, logits = run(bucketed=True, max_num_seqs=5)
+    assert tokens == ref_tokens
+    for a, b in zip(logits, ref_logits, strict=True):
+        assert ((a - b).norm() / b.norm()).item() <= 1e-5
+
+
+def test_graph_layouts_through_preemption_and_row_reuse():
+    """Requests preempted (their blocks freed, re-admitted with new ones) and more requests than table rows
+    (rows of finished requests reused): the graph layouts, fed from the persistent block table, still give
+    the plain layout's tokens and logits."""
+    kw = dict(block_size=8, num_kv_blocks=20, kv_overcommit=4.0, max_num_seqs=3)
+    ref_tokens, ref_logits = run(**kw)
+    tokens, logits = run(bucketed=True, **kw)
     assert tokens == ref_tokens
     for a, b in zip(logits, ref_logits, strict=True):
         assert ((a - b).norm() / b.norm()).item() <= 1e-5

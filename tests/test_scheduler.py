@@ -181,3 +181,31 @@ def test_max_num_seqs_caps_running():
         s.add(req(2, 5))
     b = s.schedule()
     assert len(b.seqs) == 3 and len(s.running) == 3
+
+
+def test_decode_row_padding_comes_out_of_the_prefill_budget():
+    """decode_row_align: a full mixed batch's decode rows, padded up to the alignment, plus its prefill
+    tokens never exceed the budget, so a full batch keeps one padded shape (one mixed CUDA-graph bucket)."""
+    align, budget = 8, 64
+    bm = BlockManager(4096, 4)
+    s = Scheduler(SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=32, max_model_len=512,
+                                  decode_row_align=align), bm)
+    rng = random.Random(3)
+    for _ in range(60):
+        s.add(req(rng.randint(20, 90), rng.randint(2, 30)))
+    shapes, full = set(), 0
+    for batch in run_to_end(s, bm):
+        d, p = batch.num_decode, batch.num_prefill_tokens
+        padded = -(-d // align) * align
+        if p:
+            assert padded + p <= budget, (d, p)
+            if padded + p == budget:
+                full += 1
+                shapes.add(padded)
+    assert full > 10 and len(shapes) <= budget // align
+    # without the alignment the same work fills the budget to the token
+    s2, bm2 = make(num_blocks=4096, budget=budget, max_seqs=32)
+    rng = random.Random(3)
+    for _ in range(60):
+        s2.add(req(rng.randint(20, 90), rng.randint(2, 30)))
+    assert any(b.num_tokens == budget and b.num_decode % align for b in run_to_end(s2, bm2))

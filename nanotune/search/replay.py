@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from engine.block_manager import BlockManager
 from engine.request import Request, SamplingParams
 from engine.scheduler import Scheduler, SchedulerConfig
+from engine.sizing import DECODE_ROW_ALIGN
 from nanotune.search.perfmodel import BatchShape
 
 
@@ -50,11 +51,13 @@ def composition(batch) -> BatchShape:
 
 
 def replay(lengths: list[tuple[int, int]], max_num_batched_tokens: int, max_num_seqs: int, num_blocks: int,
-           block_size: int = 16, max_model_len: int = 8192, max_iterations: int = 1_000_000) -> Replay:
-    """Run the scheduler over (prompt_len, output_len) requests arriving at once, as `bench` offline does."""
+           block_size: int = 16, max_model_len: int = 8192, max_iterations: int = 1_000_000,
+           decode_row_align: int = DECODE_ROW_ALIGN) -> Replay:
+    """Run the scheduler over (prompt_len, output_len) requests arriving at once, as `bench` offline does
+    (on a GPU, where mixed CUDA graphs pad decode rows to decode_row_align)."""
     blocks = BlockManager(num_blocks, block_size)
     sched = Scheduler(SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-                                      max_model_len=max_model_len), blocks)
+                                      max_model_len=max_model_len, decode_row_align=decode_row_align), blocks)
     total = 0
     for p, o in lengths:
         sched.add(Request([0] * int(p), SamplingParams(max_tokens=int(o), ignore_eos=True)))
