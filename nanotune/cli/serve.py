@@ -26,6 +26,9 @@ from nanotune.cli.options import MAX_LEN, MAX_SEQS, MAX_TP, SEED
 @click.option("--served-model-name", help="The name in /v1/models and in requests' `model`.")
 @click.option("--tokenizer", type=click.Path(file_okay=False, exists=True),
               help="Local tokenizer folder [default: the model folder, if it has one].")
+@click.option("--engine-in-thread", is_flag=True,
+              help="Run the engine in a thread of the server process instead of its own process (the HTTP "
+                   "side's Python then competes with the engine's step loop for one GIL).")
 def command(**o):
     """Serve /v1/completions, /v1/chat/completions, /v1/models, /health and /metrics."""
     from nanotune.console import err_console
