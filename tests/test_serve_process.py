@@ -174,7 +174,7 @@ def test_sigterm_stops_the_server_and_its_engine_process(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, log.read_text()
         assert _wait(lambda: all(_is_gone(p) for p in kids), timeout=20), kids
-        assert "Traceback" not in log.read_text()
+        assert "Traceback" not in log.read_text() and "engine process" in log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

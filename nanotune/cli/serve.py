@@ -36,7 +36,9 @@ def command(**o):
 
     host, port = o.pop("host"), o.pop("port")
     server = build_server(ServeOptions(**o))
-    text = "text and token-id prompts" if server.tokenizer is not None else "token-id prompts only (no tokenizer)"
-    err_console.print(f"serving {server.model_name} on http://{host}:{port}/v1 ({text}); Ctrl-C stops",
+    text = "text and token-id prompts" if server.tokenizer is not None else "token-id prompts only: no tokenizer"
+    pid = getattr(server.loop_thread, "pid", None)
+    where = f"engine process {pid}" if pid else "engine in a thread"
+    err_console.print(f"serving {server.model_name} on http://{host}:{port}/v1 ({text}; {where}); Ctrl-C stops",
                       highlight=False)
     serve_forever(server, host, port)

@@ -23,6 +23,19 @@ import traceback
 from nanotune.serve.loop import Callback, EngineEvent, EngineLoop, call_each, engine_facts
 
 READY_POLL_S = 1.0  # how often the parent looks whether a child that has not answered yet is still alive
+# Room for many steps' messages in the child->parent pipe (Linux's default is 64 KiB, about two steps of 512
+# requests' events): a reader thread held up by the server's GIL must not make the engine's send() wait.
+PIPE_BYTES = 1 << 20
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), named in the fcntl module only from Python 3.10 on Linux
+
+
+def _widen_pipe(conn) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", F_SETPIPE_SZ), PIPE_BYTES)
+    except (ImportError, OSError):
+        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default pipe still works, with less slack
 
 
 class EngineProcessError(RuntimeError):
@@ -113,6 +126,7 @@ class EngineProcess:
         self._stopping = False
         self._commands = ctx.Queue()  # put() never blocks the event loop: a feeder thread writes the pipe
         self._conn, child_out = ctx.Pipe(duplex=False)
+        _widen_pipe(self._conn)
         child_life, self._lifeline = ctx.Pipe(duplex=False)
         # A daemonic process may not start processes: under tensor parallelism the child spawns its ranks,
         # so it is not daemonic there and stop() (and the lifeline) end it.
