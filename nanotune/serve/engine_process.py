@@ -99,6 +99,9 @@ def _child_main(config, commands, out, lifeline) -> None:
         return
     try:
         loop = _ChildLoop(engine, commands, out)
+        # SIGTERM (the parent's terminate(), or a service manager signalling the whole group) stops the loop
+        # like the parent's stop command: the step finishes and the engine closes (its TP ranks with it)
+        signal.signal(signal.SIGTERM, lambda *_: loop._stop.set())
         out.send(("ready", engine_facts(engine), loop.snapshot))
         loop._run()
         if loop.error:
