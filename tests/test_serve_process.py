@@ -5,6 +5,7 @@ One server of each kind for the module (spawning the engine process costs second
 engine process runs last in the file, on the shared server.
 """
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -132,6 +133,19 @@ def test_a_bad_config_exits_2_with_one_line(tmp_path):
     assert res.exit_code == 2, res.output
     assert "config.json:1: invalid JSON" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_an_engine_that_fails_to_build_names_the_error_and_leaves_no_process(capfd):
+    """Not a bad option but a crash in the build (here a type the engine cannot compare): the child prints
+    its traceback, the parent raises one line naming the exception."""
+    from engine import EngineConfig
+    from nanotune.serve.engine_process import EngineProcessError
+
+    before = set(multiprocessing.active_children())
+    with pytest.raises(EngineProcessError, match="failed to build the engine: TypeError: "):
+        EngineProcess(EngineConfig(model="tiny-llama", device="cpu", dtype="float32", max_num_batched_tokens="x"))
+    assert "Traceback" in capfd.readouterr().err
+    assert not [p for p in set(multiprocessing.active_children()) - before if p.name == "nanotune-engine"]
 
 
 def _descendants(pid: int) -> set[int]:

@@ -32,10 +32,15 @@ from nanotune.cli.options import MAX_LEN, MAX_SEQS, MAX_TP, SEED
 def command(**o):
     """Serve /v1/completions, /v1/chat/completions, /v1/models, /health and /metrics."""
     from nanotune.console import err_console
+    from nanotune.serve.engine_process import EngineProcessError
     from nanotune.serve.run import ServeOptions, build_server, serve_forever
 
     host, port = o.pop("host"), o.pop("port")
-    server = build_server(ServeOptions(**o))
+    try:
+        server = build_server(ServeOptions(**o))
+    except EngineProcessError as e:  # the engine process printed its traceback; the run failed: exit 1
+        err_console.print(f"[red]error:[/] {e}", highlight=False)
+        raise SystemExit(1) from None
     text = "text and token-id prompts" if server.tokenizer is not None else "token-id prompts only: no tokenizer"
     pid = getattr(server.loop_thread, "pid", None)
     where = f"engine process {pid}" if pid else "engine in a thread"

@@ -90,8 +90,8 @@ def _child_main(config, commands, out, lifeline) -> None:
 
     try:
         engine = LLMEngine(config)
-    except EngineConfigError as e:
-        out.send(("failed", "config", str(e)))
+    except (EngineConfigError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        out.send(("failed", "user", e))  # the parent raises it again: the CLI's one-line paths for bad input
         return
     except Exception as e:
         traceback.print_exc()
@@ -116,8 +116,9 @@ def _child_main(config, commands, out, lifeline) -> None:
 
 # ---- the parent -------------------------------------------------------------------------------------------
 class EngineProcess:
-    """Starts the engine process and waits until its engine is built (EngineConfigError when the child
-    refused the configuration, EngineProcessError when it failed otherwise); `start()` then starts the
+    """Starts the engine process and waits until its engine is built (the child's EngineConfigError or
+    file error raised again here when it refused the configuration, EngineProcessError when it failed
+    otherwise); `start()` then starts the
     reader thread that turns each step's message into parent-side callbacks, through `dispatch`."""
 
     def __init__(self, config, dispatch=call_each) -> None:
@@ -162,10 +163,8 @@ class EngineProcess:
                                      f"{self._proc.exitcode})") from None
         if msg[0] == "failed":
             self._proc.join(10)
-            if msg[1] == "config":
-                from engine.errors import EngineConfigError
-
-                raise EngineConfigError(msg[2])
+            if msg[1] == "user":
+                raise msg[2]
             raise EngineProcessError(f"the engine process failed to build the engine: {msg[2]}")
         _, facts, snapshot = msg
         return facts, snapshot
