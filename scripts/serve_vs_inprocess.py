@@ -6,8 +6,10 @@ once), in one run on one machine.
     PYTHONPATH=. python scripts/serve_vs_inprocess.py --smoke --out /tmp/svi      # CPU: tiny-llama, ~1 min
 
 Each side is the CLI a user would run, in its own process (the server's engine never shares the GIL with
-the client): first `nanotune bench --sweep-rate ...` in-process, then `nanotune serve` in a subprocess and
-`nanotune bench --endpoint URL --sweep-rate ...` against it. Both measure the same card's GEMM peak.
+the client; by default `nanotune serve` runs its engine in a process of its own too, so the server's HTTP
+work never shares it either; --engine-in-thread measures the engine in a thread of the server): first
+`nanotune bench --sweep-rate ...` in-process, then `nanotune serve` in a subprocess and `nanotune bench
+--endpoint URL --sweep-rate ...` against it. Both measure the same card's GEMM peak.
 Writes serve_vs_inprocess.json (points of both sides, the throughput ratio at each rate, the environment)
 and serve_vs_inprocess.png (total tokens/s, median/p99 TTFT and TPOT against the rate) to --out.
 """
@@ -92,6 +94,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny-llama on the CPU, a few requests")
     ap.add_argument("--rates", help="comma-separated request rates (inf = all at once)")
     ap.add_argument("-n", "--num-requests", type=int)
+    ap.add_argument("--engine-in-thread", action="store_true",
+                    help="serve with the engine in a thread of the server process (the old layout), not its own")
     args = ap.parse_args()
     if not args.out:
         raise SystemExit("give --out DIR (or set $OUT)")
@@ -107,7 +111,8 @@ def main() -> None:
         env.setdefault("OMP_NUM_THREADS", "1")
     common = [*trace, "--sweep-rate", rates, "--model", o["model"]]
     report = {"script": "scripts/serve_vs_inprocess.py", "model": o["model"], "device": o["device"],
-              "trace_args": trace, "rates": rates, "environment": environment(), "wall_s": {}}
+              "trace_args": trace, "rates": rates, "environment": environment(), "wall_s": {},
+              "server_engine": "thread" if args.engine_in_thread else "process"}
     json_path = out / "serve_vs_inprocess.json"
 
     t = time.time()
@@ -118,7 +123,8 @@ def main() -> None:
 
     port = free_port()
     t = time.time()
-    server = start_server(o["model"], o["device"], port, env, o["start_timeout"], out / "serve.log")
+    server = start_server(o["model"], o["device"], port, env, o["start_timeout"], out / "serve.log",
+                          ("--engine-in-thread",) if args.engine_in_thread else ())
     report["wall_s"]["server_start"] = time.time() - t
     try:
         t = time.time()
@@ -139,9 +145,11 @@ def main() -> None:
     report["http_cost_at_saturation"] = None if sat is None else 1.0 - sat
     report["peak"] = local.get("peak")
     write_json_atomic(json_path, report)
-    plot(out / "serve_vs_inprocess.png", {"in-process": report["inprocess"], "nanotune serve": report["endpoint"]},
+    served = f"nanotune serve (engine in a {report['server_engine']})"
+    plot(out / "serve_vs_inprocess.png", {"in-process": report["inprocess"], served: report["endpoint"]},
          f"{o['model']} on {o['device']}: in-process bench vs nanotune serve over HTTP")
-    print(json.dumps({k: report[k] for k in ("endpoint_over_inprocess", "http_cost_at_saturation", "wall_s")},
+    print(json.dumps({k: report[k] for k in ("server_engine", "endpoint_over_inprocess", "http_cost_at_saturation",
+                                             "wall_s")},
                      indent=1))
 
 

@@ -27,7 +27,9 @@ def ckpt_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def preset_server():
-    srv = build_server(ServeOptions(model="tiny-llama", max_num_seqs=2, max_queued=1, **CPU))
+    # in a thread: the disconnect test reads the engine object itself (test_serve_process reads the snapshot)
+    srv = build_server(ServeOptions(model="tiny-llama", max_num_seqs=2, max_queued=1, engine_in_thread=True,
+                                    **CPU))
     with BackgroundServer(srv) as bg:
         yield bg
 

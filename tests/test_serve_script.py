@@ -21,3 +21,4 @@ def test_serve_vs_inprocess_smoke(tmp_path):
     assert r["endpoint_over_inprocess"][0]["total_token_throughput"] > 0
     assert r["environment"] and (tmp_path / "serve_vs_inprocess.png").stat().st_size > 0
     assert "nanotune_generation_tokens_total" in (tmp_path / "serve_metrics.txt").read_text()
+    assert r["server_engine"] == "process" and "engine process" in (tmp_path / "serve.log").read_text()

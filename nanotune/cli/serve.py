@@ -26,14 +26,24 @@ from nanotune.cli.options import MAX_LEN, MAX_SEQS, MAX_TP, SEED
 @click.option("--served-model-name", help="The name in /v1/models and in requests' `model`.")
 @click.option("--tokenizer", type=click.Path(file_okay=False, exists=True),
               help="Local tokenizer folder [default: the model folder, if it has one].")
+@click.option("--engine-in-thread", is_flag=True,
+              help="Run the engine in a thread of the server process instead of its own process (the HTTP "
+                   "side's Python then competes with the engine's step loop for one GIL).")
 def command(**o):
     """Serve /v1/completions, /v1/chat/completions, /v1/models, /health and /metrics."""
     from nanotune.console import err_console
+    from nanotune.serve.engine_process import EngineProcessError
     from nanotune.serve.run import ServeOptions, build_server, serve_forever
 
     host, port = o.pop("host"), o.pop("port")
-    server = build_server(ServeOptions(**o))
-    text = "text and token-id prompts" if server.tokenizer is not None else "token-id prompts only (no tokenizer)"
-    err_console.print(f"serving {server.model_name} on http://{host}:{port}/v1 ({text}); Ctrl-C stops",
+    try:
+        server = build_server(ServeOptions(**o))
+    except EngineProcessError as e:  # the engine process printed its traceback; the run failed: exit 1
+        err_console.print(f"[red]error:[/] {e}", highlight=False)
+        raise SystemExit(1) from None
+    text = "text and token-id prompts" if server.tokenizer is not None else "token-id prompts only: no tokenizer"
+    pid = getattr(server.loop_thread, "pid", None)
+    where = f"engine process {pid}" if pid else "engine in a thread"
+    err_console.print(f"serving {server.model_name} on http://{host}:{port}/v1 ({text}; {where}); Ctrl-C stops",
                       highlight=False)
     serve_forever(server, host, port)

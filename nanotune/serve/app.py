@@ -1,7 +1,9 @@
 """The OpenAI-compatible HTTP API on aiohttp.web: /v1/completions, /v1/chat/completions (plain and SSE),
 /v1/models, /health, /metrics.
 
-Each request waits on an asyncio queue fed by the engine thread (nanotune.serve.loop). A client that goes
+Each request waits on an asyncio queue fed by the engine loop: a thread of this process (nanotune.serve.loop)
+or, for `nanotune serve` by default, the reader thread of the engine's own process
+(nanotune.serve.engine_process). A client that goes
 away cancels its handler (the runner is made with handler_cancellation=True; a write to a closed stream
 raises too), and the `finally` aborts its engine request, which frees its KV blocks. Admission is bounded:
 past `max_num_seqs + max_queued` requests in the server a new one is answered 503 with Retry-After.
@@ -44,14 +46,18 @@ async def json_errors(request, handler):
 
 
 class Server:
-    def __init__(self, engine, model_name: str, tokenizer=None, max_queued: int = 4096):
+    """`engine` runs in a thread of this process (EngineLoop), or `loop` is given: an engine loop with the
+    same interface, such as nanotune.serve.engine_process.EngineProcess (then `engine` is None)."""
+
+    def __init__(self, engine, model_name: str, tokenizer=None, max_queued: int = 4096, loop=None):
         self.engine = engine
         self.model_name = model_name
         self.tokenizer = tokenizer
-        self.loop_thread = EngineLoop(engine)
-        self.max_model_len = int(getattr(engine, "max_model_len", 0) or 0) or None
-        self.vocab_size = int(engine.vocab_size)
-        self.max_num_requests = int(engine.config.max_num_seqs) + max_queued
+        self.loop_thread = loop if loop is not None else EngineLoop(engine)
+        facts = self.loop_thread.facts  # nanotune.serve.loop.engine_facts
+        self.max_model_len = facts["max_model_len"]
+        self.vocab_size = facts["vocab_size"]
+        self.max_num_requests = facts["max_num_seqs"] + max_queued
         self.num_inflight = 0
         self.metrics = ServerMetrics(lambda: self.loop_thread.snapshot, model_name)
         self.created = int(time.time())

@@ -31,6 +31,12 @@ class EngineEvent:
 Callback = Callable[[EngineEvent], None]
 
 
+def engine_facts(engine) -> dict:
+    """What the server checks requests against; an engine process sends these in its ready message."""
+    return {"max_model_len": int(getattr(engine, "max_model_len", 0) or 0) or None,
+            "vocab_size": int(engine.vocab_size), "max_num_seqs": int(engine.config.max_num_seqs)}
+
+
 def call_each(pairs: list[tuple[Callback, EngineEvent]]) -> None:
     for callback, event in pairs:
         callback(event)
@@ -52,6 +58,7 @@ class EngineLoop:
         self._stop = threading.Event()
         self.error: str | None = None  # set when a step raised: the engine is unusable from then on
         self.snapshot: dict = dict(engine.stats())  # refreshed by the engine thread after every step
+        self.facts = engine_facts(engine)
         self.num_steps = 0
         self._thread = threading.Thread(target=self._run, name="nanotune-engine", daemon=True)
 
@@ -97,7 +104,7 @@ class EngineLoop:
         while not self._stop.is_set():
             self._drain(block=not self.engine.has_unfinished())
             if not self.engine.has_unfinished():
-                self.snapshot = dict(self.engine.stats())  # aborts free KV without a step
+                self._refresh()  # aborts free KV without a step
                 continue
             try:
                 outputs: list[RequestOutput] = self.engine.step()
@@ -117,4 +124,9 @@ class EngineLoop:
                 pairs.append((cb, EngineEvent(list(out.new_token_ids), out.is_finished, out.finish_reason)))
             if pairs:
                 self.dispatch(pairs)
-            self.snapshot = dict(self.engine.stats())
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """After each step (and each idle wait): the stats snapshot. The engine process's loop also sends
+        the step's events from here (nanotune.serve.engine_process)."""
+        self.snapshot = dict(self.engine.stats())

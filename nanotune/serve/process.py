@@ -14,12 +14,14 @@ def nanotune_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "nanotune", *args]
 
 
-def start_server(model: str, device: str, port: int, env: dict, timeout: float, log: Path) -> subprocess.Popen:
-    """`nanotune serve` on 127.0.0.1:port, its output to `log`; returns once /health answers 200.
-    SystemExit (with the log's tail) if it exits first or does not answer within `timeout` seconds."""
+def start_server(model: str, device: str, port: int, env: dict, timeout: float, log: Path,
+                 extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`nanotune serve` on 127.0.0.1:port (plus `extra_args`), its output to `log`; returns once /health
+    answers 200. SystemExit (with the log's tail) if it exits first or does not answer within `timeout` s."""
     import httpx
 
-    proc = subprocess.Popen(nanotune_command("serve", "--model", model, "--device", device, "--port", str(port)),
+    proc = subprocess.Popen(nanotune_command("serve", "--model", model, "--device", device, "--port", str(port),
+                                             *extra_args),
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     end = time.time() + timeout
     while time.time() < end:

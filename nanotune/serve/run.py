@@ -31,6 +31,7 @@ class ServeOptions:
     served_model_name: str | None = None
     tokenizer: str | None = None  # a local folder; default: the model folder when it has tokenizer files
     max_queued: int = 4096
+    engine_in_thread: bool = False  # the engine in a thread of the server process, not in its own process
 
 
 def engine_config(o: ServeOptions):
@@ -48,16 +49,22 @@ def engine_config(o: ServeOptions):
 
 
 def build_server(o: ServeOptions, engine=None) -> Server:
-    """The Server over a new LLMEngine (or `engine`, already built)."""
-    if engine is None:
-        from engine import LLMEngine
-
-        engine = LLMEngine(engine_config(o))
+    """The Server over a new LLMEngine in its own process (the default), or in a thread of this process
+    (`o.engine_in_thread`, or `engine` given: an engine already built, such as a test's fake)."""
     tokenizer = load_tokenizer(o.tokenizer or o.model)
     if o.tokenizer and tokenizer is None:
         raise UserError(f"--tokenizer {o.tokenizer}: no tokenizer files there")
     name = o.served_model_name or (Path(o.model).name if Path(o.model).is_dir() else o.model)
-    return Server(engine, name, tokenizer, o.max_queued)
+    loop = None
+    if engine is None and o.engine_in_thread:
+        from engine import LLMEngine
+
+        engine = LLMEngine(engine_config(o))
+    elif engine is None:
+        from nanotune.serve.engine_process import EngineProcess
+
+        loop = EngineProcess(engine_config(o))
+    return Server(engine, name, tokenizer, o.max_queued, loop=loop)
 
 
 def serve_forever(server: Server, host: str, port: int) -> None:

@@ -12,7 +12,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {%
                  "{% if add_generation_prompt %}assistant : {% endif %}")
 
 
-def save_tiny_chat_checkpoint(path: str | Path, seed: int = 0) -> Path:
+def save_tiny_chat_checkpoint(path: str | Path, seed: int = 0, max_position_embeddings: int = 1024) -> Path:
     """Write config.json + model.safetensors + tokenizer files for a 2-layer Llama to `path`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -29,7 +29,7 @@ def save_tiny_chat_checkpoint(path: str | Path, seed: int = 0) -> Path:
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(path)
     cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_position_embeddings,
                       bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).float().eval()
