@@ -34,6 +34,10 @@ MAX_PIECES = 16
 # once often comes back (first use against second use: README, "Measured"; engine-min-uses.json).
 MIN_USES = 1
 MAX_GRAPHS = 256
+# With MAX_GRAPHS captured, a new bucket replaces the least recently used graph if that one has not run for
+# this many mixed steps (a workload that changed, e.g. a rate sweep moving from light to full batches, gets
+# graphs for its new shapes); a graph used more recently is kept and the new bucket runs eagerly (no churn).
+EVICT_AFTER = 2000
 
 
 def bucket(num_decode: int, num_tokens: int, max_tokens: int) -> tuple[int, int]:
@@ -50,13 +54,28 @@ class MixedGraphs:
         self.use_graphs = runner.device.type == "cuda"  # on CPU the bucket layout runs eagerly (tests)
         self.max_tokens = max_tokens
         self.max_decode = max_decode
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # least recently used first
+        self.last_used: dict[tuple[int, int], int] = {}  # bucket -> mixed step (num_mixed) it last ran
+        self.num_mixed = 0
+        self.num_evicted = 0
         self.uses: Counter = Counter()
         self.num_runs = 0  # steps run in a bucket's layout (replayed, or eager before a capture / on CPU)
         self.num_replays = 0
         self.replayed = False  # whether the last run() replayed a graph
         self.capture_error = None  # why a capture failed (then every later mixed step runs eagerly)
         self.pool = None
+
+    def _room(self) -> bool:
+        """Whether a new graph may be captured: under MAX_GRAPHS, or the least recently used one is stale
+        (then it is dropped; its memory goes back to the shared pool)."""
+        if len(self.graphs) < MAX_GRAPHS:
+            return True
+        oldest = next(iter(self.graphs))
+        if self.num_mixed - self.last_used.get(oldest, 0) < EVICT_AFTER:
+            return False
+        del self.graphs[oldest]
+        self.num_evicted += 1
+        return True
 
     def _run_and_capture(self, key: tuple[int, int], fb: ForwardBatch) -> None:
         """Run the step eagerly in the bucket's layout, then capture the same forward, both on the capture
@@ -96,7 +115,8 @@ class MixedGraphs:
             return None
         key = bucket(batch.num_decode, batch.num_tokens, self.max_tokens)
         self.uses[key] += 1
-        due = key in self.graphs or (self.uses[key] >= self.min_uses and len(self.graphs) < MAX_GRAPHS)
+        self.num_mixed += 1
+        due = key in self.graphs or (self.uses[key] >= self.min_uses and self._room())
         if self.use_graphs and not due:
             return None
         t, dd = key
@@ -105,7 +125,9 @@ class MixedGraphs:
             return None
         self.num_runs += 1
         self.replayed = key in self.graphs
+        self.last_used[key] = self.num_mixed
         if self.replayed:
+            self.graphs[key] = self.graphs.pop(key)  # now the most recently used
             self.graphs[key].replay()
             self.num_replays += 1
         elif self.use_graphs:  # this step eagerly in the bucket's layout, then capture

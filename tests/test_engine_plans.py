@@ -153,3 +153,23 @@ def test_engine_takes_a_plan_name_or_file(tmp_path):
         resolve_plan("fastest")
     with pytest.raises(EngineConfigError, match="nope.json: no such plan file"):
         resolve_plan("nope.json")
+
+
+def test_mixed_graph_cache_replaces_only_stale_graphs(monkeypatch):
+    """At MAX_GRAPHS a new bucket replaces the least recently used graph once that one has been idle for
+    EVICT_AFTER mixed steps (a rate sweep moving to new shapes gets graphs for them); a recently used one
+    stays and the new bucket runs eagerly."""
+    import engine.mixed_graphs as mg_mod
+
+    monkeypatch.setattr(mg_mod, "MAX_GRAPHS", 3)
+    monkeypatch.setattr(mg_mod, "EVICT_AFTER", 10)
+    eng = LLMEngine(EngineConfig(model="tiny-llama", device="cpu", dtype="float32", max_model_len=128))
+    mg = mg_mod.MixedGraphs(eng.runner, 96, 8)
+    for step, key in enumerate([(64, 32), (128, 32), (192, 32)]):
+        mg.graphs[key], mg.last_used[key] = object(), step
+    mg.graphs[(64, 32)] = mg.graphs.pop((64, 32))  # (64, 32) used again: (128, 32) is now the oldest
+    mg.last_used[(64, 32)] = 3
+    mg.num_mixed = 5
+    assert not mg._room() and len(mg.graphs) == 3  # the oldest ran 4 steps ago: kept
+    mg.num_mixed = 12
+    assert mg._room() and (128, 32) not in mg.graphs and mg.num_evicted == 1
