@@ -85,6 +85,23 @@ def test_process_mode_gives_the_requested_tokens_and_the_thread_modes_greedy_tok
     assert proc_server.server.loop_thread.num_steps > 0
 
 
+def test_tp2_engine_process_serves_the_tp1_tokens(ckpt, thread_server):
+    """`nanotune serve --tp 2`: the engine process drives two gloo ranks (it starts them itself) and the
+    answers are the TP1 server's, greedy, streaming and not."""
+    srv = build_server(ServeOptions(model=str(ckpt), served_model_name="tiny", tp=2, max_num_seqs=4, **CPU))
+    with BackgroundServer(srv) as bg:
+        c, t = client(bg), client(thread_server)
+        for prompt, n in (("w1 w2 w3", 7), ([5, 6, 7, 8], 4)):
+            a = c.completions.create(model="tiny", prompt=prompt, max_tokens=n, **EXACT)
+            b = t.completions.create(model="tiny", prompt=prompt, max_tokens=n, **EXACT)
+            assert a.usage.completion_tokens == n and a.choices[0].text == b.choices[0].text
+            chunks = [ch for ch in c.completions.create(model="tiny", prompt=prompt, max_tokens=n, stream=True,
+                                                        **EXACT) if ch.choices]
+            assert "".join(ch.choices[0].text for ch in chunks) == a.choices[0].text
+        assert httpx.get(bg.url + "/health").status_code == 200
+    assert _wait(lambda: srv.loop_thread._proc.exitcode is not None)  # stopped with the server, ranks too
+
+
 def test_concurrent_requests_are_answered_by_one_engine_process(proc_server):
     """More requests than max_num_seqs at once: some wait in the child's scheduler; each gets its tokens."""
     import concurrent.futures
