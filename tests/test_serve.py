@@ -5,14 +5,13 @@ Two servers per module: a tiny local Hugging Face checkpoint with a word-level t
 """
 
 import json
-import time
 
 import httpx
 import openai
 import pytest
 
 from nanotune.serve.run import BackgroundServer, ServeOptions, build_server
-from nanotune.serve.testing import save_tiny_chat_checkpoint
+from nanotune.serve.testing import save_tiny_chat_checkpoint, wait_until
 
 CPU = dict(device="cpu", dtype="float32")
 
@@ -78,12 +77,7 @@ def test_seeds_are_honoured_and_stop_strings_cut_the_text(ckpt_server):
 
 
 def _wait(cond, timeout=10.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
+    return wait_until(cond, timeout)
 
 
 @pytest.mark.parametrize("stream", [True, False])

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from click.testing import CliRunner
 
 from nanotune.serve.engine_process import EngineProcess
 from nanotune.serve.run import BackgroundServer, ServeOptions, build_server, free_port
-from nanotune.serve.testing import save_tiny_chat_checkpoint
+from nanotune.serve.testing import save_tiny_chat_checkpoint, wait_until
 
 CPU = dict(device="cpu", dtype="float32")
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,12 +55,7 @@ def client(bg):
 
 
 def _wait(cond, timeout=15.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
+    return wait_until(cond, timeout)
 
 
 def test_process_mode_gives_the_requested_tokens_and_the_thread_modes_greedy_tokens(proc_server, thread_server):

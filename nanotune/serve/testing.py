@@ -39,3 +39,16 @@ def save_tiny_chat_checkpoint(path: str | Path, seed: int = 0, max_position_embe
                 p.normal_(0, 1.0 / p.shape[-1] ** 0.5)
     model.save_pretrained(path)
     return path
+
+
+def wait_until(cond, timeout: float = 10.0, poll_s: float = 0.02) -> bool:
+    """Poll `cond()` until it is true (-> True) or `timeout` seconds pass (-> False): for tests that watch
+    a server's engine from outside (its stats snapshot, its processes)."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return True
+        time.sleep(poll_s)
+    return False
