@@ -17,8 +17,8 @@ from nanotune.results.bound import (
 )
 
 # one layer, hidden 4, one head of 4, one KV head, intermediate 8, vocab 10
-TOY = Shard("toy", 1, hidden=4, heads=1, kv_heads=1, head_dim=4, intermediate=8, vocab=10, num_layers=1,
-            params_per_gpu=1)
+TOY = Shard(model="toy", tp=1, rank=0, vocab_per_rank=10, hidden=4, heads=1, kv_heads=1, head_dim=4,
+            intermediate=8, vocab=10, num_layers=1, params_per_gpu=1)
 
 
 def test_work_of_one_request_by_hand():

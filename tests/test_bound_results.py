@@ -112,7 +112,8 @@ def _power_bound_file(tmp_path: Path, tps: float) -> None:
     from nanotune.profile.ops import Shard
     from nanotune.results.bound import Rates, bound_block, workload_work
 
-    toy = Shard("toy", 1, 4, 1, 1, 4, 8, 10, 1, 1)
+    toy = Shard.of(dict(hidden=4, heads=1, kv_heads=1, head_dim=4, intermediate=8, vocab=10, num_layers=1,
+                         params_per_gpu=1), "toy")
     block = bound_block(workload_work([(2, 3)]), toy, Rates(1000.0, 1000.0, 1.25, "hand"))  # 2.44 tok/s
     run = {"metrics": {"total_token_throughput": tps}, "bound": block, "partial": False}
     data = {"schema": "nanotune.power-bound/1", "kv": {"bf16": {"workloads": {"c": {"plans": {"seq": run}}}}}}

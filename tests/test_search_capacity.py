@@ -67,8 +67,12 @@ def test_steady_state_limits_by_hand():
 
 def test_replay_runs_the_real_scheduler():
     """Four 64-in / 9-out requests, 128-token dense batch: two prompts fill iteration 0; iteration 1 is the
-    first two's decode tokens first, then 126 prefill tokens (the third prompt and 62 of the fourth)."""
-    r = replay([(64, 9)] * 4, 128, 8, num_blocks=100)
+    first two's decode tokens first, then 126 prefill tokens (the third prompt and 62 of the fourth), with no
+    decode-row alignment; with the GPU engine's (the default), the 2 decode rows pad to 32 and the prefill
+    budget is 96."""
+    aligned = replay([(64, 9)] * 4, 128, 8, num_blocks=100)
+    assert [(round(b.num_decode), round(b.num_prefill)) for b in aligned.batches[:2]] == [(0, 128), (2, 96)]
+    r = replay([(64, 9)] * 4, 128, 8, num_blocks=100, decode_row_align=1)
     assert [(round(b.num_decode), round(b.num_prefill)) for b in r.batches[:3]] == [(0, 128), (2, 126), (3, 2)]
     assert r.batches[1].decode_context == 65  # 64 prompt tokens + the new one
     assert sum(b.num_decode for b in r.batches) == 4 * 8

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from engine.config import ModelConfig
 from engine.errors import EngineConfigError
 from engine.plan import GEMM_OPS, LAYER_OPS
-from engine.sizing import kv_bytes_per_token, shard_shapes
+from engine.sizing import ShardShapes, kv_bytes_per_token, shard_shapes
 
 ATTENTION_OPS = ("decode_attn", "prefill_attn")
 MEMORY_OPS = ("attn_norm", "mlp_norm", "rope_kv", "silu_mul")
@@ -35,34 +35,20 @@ COLLECTIVES_NOT_MEASURED = ("not measured: this profile ran on one GPU with no p
 
 
 @dataclass(frozen=True)
-class Shard:
-    """One GPU's share of a model at a TP degree. num_layers is the full model's (each GPU runs every layer)."""
+class Shard(ShardShapes):
+    """One GPU's share of a model at a TP degree: the engine's ShardShapes (engine.sizing owns the sharding)
+    with the model's name and its whole vocabulary, and the FLOPs/bytes views the profile and search read.
+    num_layers is the full model's (each GPU runs every layer)."""
 
-    model: str
-    tp: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    num_layers: int
-    params_per_gpu: int
-
-    @property
-    def q_size(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_size(self) -> int:
-        return self.kv_heads * self.head_dim
+    model: str = ""
+    vocab: int = 0
 
     @staticmethod
     def of(shapes: dict, model: str = "", tp: int = 1) -> Shard:
         """From a profile's `shapes` (already one GPU's; nanotune.profile.schema)."""
-        return Shard(model, tp, *(int(shapes[k]) for k in ("hidden", "heads", "kv_heads", "head_dim",
-                                                            "intermediate", "vocab", "num_layers",
-                                                            "params_per_gpu")))
+        v = {k: int(shapes[k]) for k in ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
+                                         "num_layers", "params_per_gpu")}
+        return Shard(tp=tp, rank=0, vocab_per_rank=-(-v["vocab"] // tp), model=model, **v)
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         return kv_bytes_per_token(self.num_layers, self.kv_size, dtype_bytes)
@@ -74,8 +60,9 @@ class Shard:
                 "gate_up": (2 * i, h), "down": (h, i)}[op]
 
     def to_dict(self) -> dict:
+        """The profile's `shapes` (what `of` reads back): the layer's shapes, not the rank's place."""
         d = dataclasses.asdict(self)
-        for k in ("model", "tp"):
+        for k in ("model", "tp", "rank", "vocab_per_rank", "kv_head_lo"):
             d.pop(k)
         return d
 
@@ -86,9 +73,7 @@ def shard(cfg: ModelConfig, tp: int) -> Shard:
         s = shard_shapes(cfg, tp)  # the engine owns the sharding
     except EngineConfigError as e:
         raise ValueError(str(e).replace(f"tp {tp}", f"--tp {tp}")) from None
-    return Shard(model=cfg.name, tp=tp, hidden=s.hidden, heads=s.heads, kv_heads=s.kv_heads, head_dim=s.head_dim,
-                 intermediate=s.intermediate, vocab=cfg.vocab_size, num_layers=cfg.num_layers,
-                 params_per_gpu=s.params_per_gpu)
+    return Shard(**dataclasses.asdict(s), model=cfg.name, vocab=cfg.vocab_size)
 
 
 def shard_config(cfg: ModelConfig, s: Shard, num_layers: int) -> ModelConfig:
