@@ -67,6 +67,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
             usage = {"choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out}}
             self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+            srv.num_done += 1
         except OSError:
             pass
         finally:
@@ -80,6 +81,7 @@ class FakeServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.chunk_s = chunk_s
         self.payloads, self.conns, self.headers = [], set(), []
+        self.num_done = 0  # answers sent whole
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
 
@@ -143,9 +145,16 @@ def test_http_errors_short_outputs_and_cut_streams_are_kept(server):
 
 
 def test_server_dying_mid_run_fails_requests_never_drops_them():
-    server = FakeServer(chunk_s=0.005)
+    server = FakeServer(chunk_s=0.02)  # 10 tokens: 0.2 s per answer, so several are open at any time
     b = backend(server)
-    threading.Timer(0.08, server.die).start()
+
+    def die_after_the_first_answer():  # (not on a timer: on a loaded machine nothing may be done by then)
+        end = time.time() + 30
+        while server.num_done < 1 and time.time() < end:
+            time.sleep(0.005)
+        server.die()
+
+    threading.Thread(target=die_after_the_first_answer, daemon=True).start()
     ph = drive(b, reqs([(5, 10)] * 12, gap_s=0.02))
     b.close()
     statuses = [r.status for r in ph.records]
