@@ -8,7 +8,15 @@ import math
 import click
 
 from nanotune.cli import checks
-from nanotune.cli.options import MAX_LEN, MAX_SEQS, MAX_TP, SEED, FiniteFloat, rate_type
+from nanotune.cli.options import (
+    MAX_LEN,
+    MAX_SEQS,
+    MAX_TP,
+    SEED,
+    FiniteFloat,
+    kv_cache_dtype_option,
+    rate_type,
+)
 from nanotune.errors import UserError
 
 CPU_DEFAULT_MODEL, GPU_DEFAULT_MODEL = "tiny-llama", "llama-3-8b"
@@ -49,8 +57,7 @@ def _has_gpu() -> bool:
                               "with --endpoint: the served model's name.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--dtype", help="auto | bfloat16 | float16 | float32")
-@click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True,
-              help="In-process engine: KV cache dtype; fp8 = e4m3 with per-(layer, kv head) scales.")
+@kv_cache_dtype_option("In-process engine: ")
 @click.option("--decode-kernel", type=click.Choice(["auto", "split", "tma"]), default="auto", show_default=True,
               help="In-process engine: Triton decode attention (tma: tensor-descriptor loads, sm >= 90).")
 @click.option("--engine", type=click.Choice(["nanoflow", "sequential", "hf"]), default="nanoflow",
