@@ -67,10 +67,10 @@ def test_profile_of_another_dtype_is_refused_one_line(cpu, tmp_path):  # noqa: F
     bf16 = write(tmp_path, h200_like_profile_dict(), "bf16.json")
     line = one_line_error(invoke("--profile", str(bf16), "--kv-cache-dtype", "fp8", "--results-dir",
                                  str(cpu / "res"), "--n-trials", "2"))
-    assert "bf16.json: profile measured a auto KV cache, not --kv-cache-dtype fp8" in line
+    assert "bf16.json: profile measured KV cache dtype auto, not --kv-cache-dtype fp8" in line
     fp8 = write(tmp_path, {**h200_like_profile_dict(), "kv_cache_dtype": "fp8", "kv_element_bytes": 1}, "f8.json")
     line = one_line_error(invoke("--profile", str(fp8), "--results-dir", str(cpu / "res"), "--n-trials", "2"))
-    assert "f8.json: profile measured a fp8 KV cache, not --kv-cache-dtype auto" in line
+    assert "f8.json: profile measured KV cache dtype fp8, not --kv-cache-dtype auto" in line
 
 
 def search_result(cpu, *args):  # noqa: F811

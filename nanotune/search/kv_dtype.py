@@ -65,7 +65,7 @@ def choose(profile: Profile, requested: str, is_reference: bool) -> KvDtypeChoic
     profiled_bytes = int(profile.data.get("kv_element_bytes") or kv_bytes(profiled))
     choice = KvDtypeChoice(requested, profiled, kv_bytes(requested), profiled_bytes)
     if choice.is_scaled and not is_reference:
-        raise UserError(f"{profile.path}: profile measured a {profiled} KV cache, not --kv-cache-dtype {requested} "
+        raise UserError(f"{profile.path}: profile measured KV cache dtype {profiled}, not --kv-cache-dtype {requested} "
                         f"(profile with `nanotune profile --kv-cache-dtype {requested}`, or pass --kv-cache-dtype "
                         f"{profiled})")
     profile.kv_bytes_ratio = choice.ratio
