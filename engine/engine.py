@@ -26,6 +26,12 @@ class LLMEngine:
         from engine.runner import ModelRunner  # torch is imported only when an engine is built
 
         config = (config or EngineConfig()).replace(**overrides) if overrides else (config or EngineConfig())
+        from engine.tuned import kv_cache_dtype_with, tuned_file
+
+        # a tuned config (search's tuned.json as the plan) brings the KV dtype it was tuned for
+        kv = kv_cache_dtype_with(tuned_file(config.plan), config.kv_cache_dtype, where=config.plan or "")
+        if kv != config.kv_cache_dtype:
+            config = config.replace(kv_cache_dtype=kv)
         self.config = config
         self.model_config = load_model_config(config.model)
         mc = self.model_config

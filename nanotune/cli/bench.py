@@ -8,7 +8,15 @@ import math
 import click
 
 from nanotune.cli import checks
-from nanotune.cli.options import MAX_LEN, MAX_SEQS, MAX_TP, SEED, FiniteFloat, rate_type
+from nanotune.cli.options import (
+    MAX_LEN,
+    MAX_SEQS,
+    MAX_TP,
+    SEED,
+    FiniteFloat,
+    kv_cache_dtype_option,
+    rate_type,
+)
 from nanotune.errors import UserError
 
 CPU_DEFAULT_MODEL, GPU_DEFAULT_MODEL = "tiny-llama", "llama-3-8b"
@@ -49,8 +57,7 @@ def _has_gpu() -> bool:
                               "with --endpoint: the served model's name.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--dtype", help="auto | bfloat16 | float16 | float32")
-@click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True,
-              help="In-process engine: KV cache dtype; fp8 = e4m3 with per-(layer, kv head) scales.")
+@kv_cache_dtype_option("In-process engine: ")
 @click.option("--decode-kernel", type=click.Choice(["auto", "split", "tma"]), default="auto", show_default=True,
               help="In-process engine: Triton decode attention (tma: tensor-descriptor loads, sm >= 90).")
 @click.option("--engine", type=click.Choice(["nanoflow", "sequential", "hf"]), default="nanoflow",
@@ -148,6 +155,8 @@ def command(**o):
         caps = [c if c is not None else d for c, d in zip(caps, CPU_DEFAULT_CAPS, strict=True)]
         err_console.print(f"[dim]no GPU: {model}, {n or 'all'} requests, lengths capped at {caps[0] or '-'} "
                           f"in / {caps[1] or '-'} out (--model, -n, --max-*-len change it)[/]")
+    if engine == "nanoflow" and o["plan"]:  # a tuned config brings its KV dtype; a conflicting flag is refused
+        o["kv_cache_dtype"] = _tuned_kv_dtype(o["plan"], o["kv_cache_dtype"])
     from nanotune.cli.preflight import prepare_bench
 
     prepare_bench(o, engine=engine, device=device, model=model, num_requests=n)
@@ -209,3 +218,15 @@ def command(**o):
         err_console.print("[bold red]every request failed: nothing was measured[/]")
     if status:
         raise SystemExit(status)
+
+
+def _tuned_kv_dtype(plan: str, requested: str) -> str:
+    """--kv-cache-dtype for a --plan tuned config: its own unless the flag was typed; a typed one must agree."""
+    from engine.tuned import kv_cache_dtype_with, tuned_file
+
+    tuned = tuned_file(plan)
+    if checks.given("kv_cache_dtype") and requested == "auto" and tuned is not None \
+            and tuned.kv_cache_dtype not in (None, "auto"):
+        raise UserError(f"--kv-cache-dtype auto conflicts with {plan}, tuned for kv_cache_dtype "
+                        f"{tuned.kv_cache_dtype} (drop --kv-cache-dtype, or run a config tuned for auto)")
+    return kv_cache_dtype_with(tuned, requested, "--kv-cache-dtype", plan)

@@ -152,3 +152,15 @@ def cpu_threads(requested: int | None) -> tuple[int, str | None]:
     if cores > 1 and load >= cores - 0.5:
         return 1, f"CPU busy (load {load:.1f} on {cores} cores): 1 torch thread (--threads N to change)"
     return torch.get_num_threads(), None
+
+
+# --kv-cache-dtype of bench, profile and search: one choice list and one help text (the engine's names;
+# engine.config.KV_CACHE_DTYPES holds every name it takes, these are the ones the CLIs offer).
+KV_CACHE_DTYPE_CHOICES = ("auto", "fp8")
+KV_CACHE_DTYPE_HELP = "KV cache dtype; fp8 = e4m3 with per-(layer, kv head) scales."
+
+
+def kv_cache_dtype_option(help_prefix: str = ""):
+    """The --kv-cache-dtype option (auto | fp8, default auto); `help_prefix` says what it applies to."""
+    return click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPE_CHOICES), default="auto",
+                        show_default=True, help=help_prefix + KV_CACHE_DTYPE_HELP)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from nanotune.cli.options import kv_cache_dtype_option
 from nanotune.errors import UserError
 
 NO_GPU = ("nanotune profile needs a CUDA GPU; none found (search can use a committed reference profile: "
@@ -50,7 +51,8 @@ def _device(name: str) -> str:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--power-only", is_flag=True, help="Measure only the peaks and the power-aware limits (sustained "
                                                  "GEMM, HBM reads over SM budgets, the two together).")
-def command(model, tp, quick, device, out, results_dir, no_plots, no_progress, power_only):
+@kv_cache_dtype_option("Attention ops (and rope_kv's store) run over this cache; recorded in the profile. ")
+def command(model, tp, quick, device, out, results_dir, no_plots, no_progress, power_only, kv_cache_dtype):
     """Time each op of a layer over batch sizes and SM budgets, alone and in overlapping pairs."""
     from engine.presets import get_preset, resolve_name
 
@@ -65,7 +67,7 @@ def command(model, tp, quick, device, out, results_dir, no_plots, no_progress, p
 
     opts = ProfileOptions(model=model, tp=tp, quick=quick, device=device, out=out, results_dir=results_dir,
                           plots=not no_plots, progress=not no_progress,
-                          sections=("power",) if power_only else None)
+                          sections=("power",) if power_only else None, kv_cache_dtype=kv_cache_dtype)
     profile, run_dir = run_profile(opts)
     file = Path(out) if out and out.endswith(".json") else run_dir / "profile.json"
     console.print(summary_table(profile))

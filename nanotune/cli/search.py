@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from nanotune.cli.options import SEED, TYPICAL_PROMPT_LEN, FiniteFloat, check_requests_fit
+from nanotune.cli.options import SEED, TYPICAL_PROMPT_LEN, FiniteFloat, check_requests_fit, kv_cache_dtype_option
 from nanotune.errors import UserError
 
 
@@ -57,6 +57,8 @@ from nanotune.errors import UserError
 @click.option("--results-dir", type=click.Path(file_okay=False), envvar="NANOTUNE_RESULTS",
               help="Where run directories go [default: ./results; env NANOTUNE_RESULTS].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@kv_cache_dtype_option("The cache the tuned config runs with (KV capacity, decode attention bytes); a --profile "
+                       "must have measured it. ")
 def command(**o):
     """Tune the nano-batch pipeline on a profile-driven performance model (Optuna)."""
     from nanotune.console import console, err_console
@@ -80,7 +82,8 @@ def command(**o):
         study=o["study_name"], storage=o["storage"],
         resume=o["resume"], max_num_seqs=o["max_num_seqs"], gpu_memory_fraction=o["gpu_memory_fraction"],
         gpu_memory_gib=o["gpu_memory_gib"], composition=o["composition"], validate=o["validate_k"],
-        validate_requests=o["validate_requests"], results_dir=o["results_dir"], progress=not o["no_progress"])
+        validate_requests=o["validate_requests"], results_dir=o["results_dir"], progress=not o["no_progress"],
+        kv_cache_dtype=o["kv_cache_dtype"])
     result, run_dir = search(cfg, log=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False))
     from nanotune.signals import ignore_further
 
@@ -94,6 +97,7 @@ def command(**o):
 
     if (front := front_table(result)) is not None:
         console.print(front)
+    console.print(result["kv_cache"]["note"], highlight=False, soft_wrap=True)
     for note in important_notes(result):
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     st = result["study"]

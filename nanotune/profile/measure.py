@@ -145,8 +145,8 @@ def _copy_ms(device, timer: Timer, numel: int):
     return timer.time(lambda i: dst.copy_(src))
 
 
-def point_record(shard: Shard, op: str, point: dict, sm_budget, stats, e: int) -> dict:
-    flops, nbytes = op_cost(shard, op, point, e=e)
+def point_record(shard: Shard, op: str, point: dict, sm_budget, stats, e: int, kv_e: int | None = None) -> dict:
+    flops, nbytes = op_cost(shard, op, point, e=e, kv_e=kv_e)
     ms = stats.ms
     return {**point, "sm_budget": sm_budget, **stats.to_dict(), "flops": flops, "bytes": nbytes,
             "tflops": round(flops / ms / 1e9, 3) if ms > 0 else None,
@@ -158,7 +158,7 @@ def measure_ops(rig: LayerRig, timer: Timer, shard: Shard, grid: Grid, l2_bytes:
     """Every op of the layer alone at every point: {op: {kind, shape, points}} in the engine's op order.
 
     step(op) is called after each point (progress); a point that fails is skipped and noted in errors."""
-    e = rig.dtype.itemsize
+    e, kv_e = rig.dtype.itemsize, rig.kv_dtype.itemsize
     ops = {}
     for op in LAYER_OPS:
         entry = ops[op] = {"kind": KINDS[op], "shape": op_shape(shard, op), "points": []}
@@ -166,7 +166,7 @@ def measure_ops(rig: LayerRig, timer: Timer, shard: Shard, grid: Grid, l2_bytes:
             for point, sm in op_points(grid, op):
                 try:
                     st = timer.time(runner_for(rig, op, point, sm, l2_bytes))
-                    entry["points"].append(point_record(shard, op, point, sm, st, e))
+                    entry["points"].append(point_record(shard, op, point, sm, st, e, kv_e))
                 except Exception as exc:  # one bad point (e.g. out of memory) must not lose the others
                     errors.append(error_record(op, point, sm, exc))
                     _recover(rig.device)

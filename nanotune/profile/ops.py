@@ -83,7 +83,8 @@ def shard_config(cfg: ModelConfig, s: Shard, num_layers: int) -> ModelConfig:
 
 
 # ---- FLOPs and bytes ------------------------------------------------------------------------------------
-# `e` is the activation/weight element size in bytes (2 for bf16).
+# `e` is the activation/weight element size in bytes (2 for bf16); `kv_e` the KV cache's (None: e; 1 for fp8,
+# engine.config.kv_cache_dtype_bytes): attention reads K/V and rope_kv stores them at kv_e bytes each.
 
 def gemm_cost(tokens: int, n: int, k: int, e: int = 2) -> tuple[float, float]:
     """[tokens, k] x [k, n]: 2 FLOPs per multiply-add; read input and weight, write output."""
@@ -95,30 +96,33 @@ def attention_flops(s: Shard, pairs: float) -> float:
     return 4.0 * s.heads * s.head_dim * pairs
 
 
-def decode_cost(s: Shard, batch: int, context: int, e: int = 2, block_size: int = 16) -> tuple[float, float]:
+def decode_cost(s: Shard, batch: int, context: int, e: int = 2, block_size: int = 16,
+                kv_e: int | None = None) -> tuple[float, float]:
     """`batch` sequences of `context` tokens each: QK^T and PV (2 x 2 FLOPs per key per query head per dim);
     K and V of every cached token read once per KV head (GQA shares them), q read, output written, and the
     int32 block table and context length."""
     tokens = batch * context
     flops = attention_flops(s, tokens)
-    nbytes = e * (2 * tokens * s.kv_size + 2 * batch * s.q_size) + 4 * batch * (-(-context // block_size) + 1)
+    kv_e = e if kv_e is None else kv_e
+    nbytes = kv_e * 2 * tokens * s.kv_size + e * 2 * batch * s.q_size + 4 * batch * (-(-context // block_size) + 1)
     return flops, float(nbytes)
 
 
 def prefill_cost(s: Shard, tokens: int, context: int, seqs: int, e: int = 2,
-                 block_size: int = 16) -> tuple[float, float]:
+                 block_size: int = 16, kv_e: int | None = None) -> tuple[float, float]:
     """`seqs` sequences, each a causal chunk of tokens/seqs new tokens after `context` cached ones: query i
     of a chunk of c sees context + i + 1 keys, so c * context + c (c + 1) / 2 query-key pairs per head."""
     c = tokens // seqs
     pairs = seqs * (c * context + c * (c + 1) / 2)
     flops = attention_flops(s, pairs)
     kv_tokens = seqs * (context + c)
-    nbytes = e * (2 * tokens * s.q_size + 2 * kv_tokens * s.kv_size) + 4 * seqs * (-(-(context + c) // block_size)
-                                                                                    + 2)
+    kv_e = e if kv_e is None else kv_e
+    nbytes = (e * 2 * tokens * s.q_size + kv_e * 2 * kv_tokens * s.kv_size
+              + 4 * seqs * (-(-(context + c) // block_size) + 2))
     return flops, float(nbytes)
 
 
-def memory_cost(s: Shard, op: str, tokens: int, e: int = 2) -> tuple[float, float]:
+def memory_cost(s: Shard, op: str, tokens: int, e: int = 2, kv_e: int | None = None) -> tuple[float, float]:
     """Bytes the op must move for `tokens` rows; FLOPs nominal (a few per element)."""
     n, h, i = tokens, s.hidden, s.intermediate
     if op in ("attn_norm", "mlp_norm"):  # layers >= 1: read delta + residual (+ weight), write normed + residual
@@ -126,22 +130,25 @@ def memory_cost(s: Shard, op: str, tokens: int, e: int = 2) -> tuple[float, floa
     if op == "silu_mul":  # read gate|up [n, 2I], write [n, I]
         return 5.0 * n * i, float(e * 3 * n * i)
     if op == "rope_kv":  # rotate q and k in place (read + write), fp32 cos|sin row and int64 position per
-        rot = n * (s.q_size + s.kv_size)  # token; store k and v into the cache (read + write) via int64 slots
-        return 3.0 * rot, float(e * (2 * rot + 4 * n * s.kv_size) + n * (4 * s.head_dim + 16))
+        rot = n * (s.q_size + s.kv_size)  # token; store k and v into the cache (read e, write kv_e) via int64
+        kv_e = e if kv_e is None else kv_e  # slots
+        return 3.0 * rot, float(e * (2 * rot + 2 * n * s.kv_size) + kv_e * 2 * n * s.kv_size
+                                + n * (4 * s.head_dim + 16))
     raise KeyError(op)
 
 
-def op_cost(s: Shard, op: str, point: dict, e: int = 2, block_size: int = 16) -> tuple[float, float]:
+def op_cost(s: Shard, op: str, point: dict, e: int = 2, block_size: int = 16,
+            kv_e: int | None = None) -> tuple[float, float]:
     """(FLOPs, bytes) of `op` at a profile point ({tokens} | {batch, context} | {tokens, context, seqs})."""
     kind = KINDS[op]
     if kind == "gemm":
         return gemm_cost(point["tokens"], *s.gemm_nk(op), e=e)
     if op == "decode_attn":
-        return decode_cost(s, point["batch"], point["context"], e=e, block_size=block_size)
+        return decode_cost(s, point["batch"], point["context"], e=e, block_size=block_size, kv_e=kv_e)
     if op == "prefill_attn":
         return prefill_cost(s, point["tokens"], point["context"], point.get("seqs", 1), e=e,
-                            block_size=block_size)
-    return memory_cost(s, op, point["tokens"], e=e)
+                            block_size=block_size, kv_e=kv_e)
+    return memory_cost(s, op, point["tokens"], e=e, kv_e=kv_e)
 
 
 def op_shape(s: Shard, op: str) -> dict:

@@ -19,6 +19,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.kernels import build_cos_sin_cache, get_ops
+from engine.kv_scales import kv_scales_from_weights
 from engine.models.forward import ForwardBatch, PrefillMeta
 from engine.models.llama import LlamaModel, Workspace
 from engine.models.weights import random_weights
@@ -48,9 +49,14 @@ def kv_blocks(op: str, point: dict) -> int:
 class LayerRig:
     def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, *, num_kv_blocks: int,
                  max_tokens: int, num_workspaces: int, seed: int = 0, max_position: int = MAX_MODEL_LEN_CAP,
-                 backend: str = "auto"):
+                 backend: str = "auto", kv_cache_dtype: str = "auto"):
         """cfg: the shard's ModelConfig whose num_layers = 1 + the weight rotation depth. backend "auto" is
-        what the engine runs (Triton on CUDA, torch on CPU); tests pass "triton" under the interpreter."""
+        what the engine runs (Triton on CUDA, torch on CPU); tests pass "triton" under the interpreter.
+        kv_cache_dtype: EngineConfig.kv_cache_dtype ("auto" = dtype; "fp8" = e4m3 with the engine's
+        per-(layer, kv head) scales, so store and attention run their fp8 paths)."""
+        from engine.runner import resolve_kv_cache_dtype  # the engine's own name -> torch dtype
+
+
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.host_gen = torch.Generator().manual_seed(seed + 2)  # block-order shuffles
@@ -62,8 +68,13 @@ class LayerRig:
         # one cache shared by every layer: the engine's [2, blocks, Hkv, block_size, D] for one layer;
         # rotation over KV happens through disjoint block ranges, not layers
         self.num_kv_blocks = num_kv_blocks
-        cache = self._randn(2, num_kv_blocks, cfg.num_kv_heads, BLOCK_SIZE, cfg.head_dim)
+        self.kv_cache_dtype = kv_cache_dtype
+        self.kv_dtype = resolve_kv_cache_dtype(kv_cache_dtype, dtype, self.device)
+        cache = self._random_cache((2, num_kv_blocks, cfg.num_kv_heads, BLOCK_SIZE, cfg.head_dim))
         self.model = LlamaModel(cfg, weights, [(cache[0], cache[1])] * cfg.num_layers, kernels, cos_sin)
+        if self.kv_dtype == torch.float8_e4m3fn:  # as the engine's runner sets them: [L, 2, Hkv] fp32
+            scales = kv_scales_from_weights(cfg, weights)
+            self.model.kv_scales = [{"k_scale": scales[i, 0], "v_scale": scales[i, 1]} for i in range(cfg.num_layers)]
         self.kernels = kernels.name
         self.workspaces = [self._workspace(max_tokens) for _ in range(max(1, num_workspaces))]
         self.model.ws = self.workspaces[0]
@@ -73,6 +84,19 @@ class LayerRig:
     def _randn(self, *shape) -> torch.Tensor:
         t = torch.empty(shape, device=self.device, dtype=self.dtype)
         return t.normal_(0.0, 1.0, generator=self.gen)
+
+    def _random_cache(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """[2, blocks, Hkv, block_size, D] of the KV dtype holding N(0, 1) values; an fp8 cache is filled a
+        block range at a time (normal_ has no fp8 kernel; a whole fp32 copy would double its memory)."""
+        if self.kv_dtype == self.dtype:
+            return self._randn(*shape)
+        cache = torch.empty(shape, device=self.device, dtype=self.kv_dtype)
+        step = max(1, (64 << 20) // max(1, cache[:, :1].numel() * 4))  # ~64 MiB of fp32 per chunk
+        for a in range(0, shape[1], step):
+            part = cache[:, a:a + step]
+            tmp = torch.empty(part.shape, device=self.device, dtype=torch.float32)
+            part.copy_(tmp.normal_(0.0, 1.0, generator=self.gen))
+        return cache
 
     def _workspace(self, max_tokens: int) -> Workspace:
         ws = Workspace(self.cfg, max_tokens, self.device, self.dtype)
@@ -87,8 +111,8 @@ class LayerRig:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """K and V of one token in one layer."""
-        return 2 * self.cfg.num_kv_heads * self.cfg.head_dim * self.dtype.itemsize
+        """K and V of one token in one layer, at the cache's dtype."""
+        return 2 * self.cfg.num_kv_heads * self.cfg.head_dim * self.kv_dtype.itemsize
 
     # ---- input points -> ForwardBatches ---------------------------------------------------------------
     def _ints(self, values, dtype=torch.int64) -> torch.Tensor:

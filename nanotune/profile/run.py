@@ -53,6 +53,7 @@ class ProfileOptions:
     grid: Grid | None = None  # tests pass a tiny one
     seed: int = 0
     sections: tuple[str, ...] | None = None  # only these measured sections (peaks and build always run)
+    kv_cache_dtype: str = "auto"  # EngineConfig.kv_cache_dtype: attention and rope_kv run over this cache
 
 
 def gpu_info(device: torch.device) -> dict:
@@ -72,12 +73,14 @@ def _max_tokens(grid: Grid, kv_per_token: int) -> int:
 
 
 def build_rig(cfg, sh: Shard, device: torch.device, dtype: torch.dtype, grid: Grid, l2_bytes: int,
-              notes: list[str], seed: int) -> LayerRig:
+              notes: list[str], seed: int, kv_cache_dtype: str = "auto") -> LayerRig:
     """The engine model of the shard with enough layers, workspaces and KV blocks to rotate past L2."""
+    from engine.config import kv_cache_dtype_bytes
+
     e = dtype.itemsize
     min_weight = min(n * k for n, k in map(sh.gemm_nk, GEMM_OPS)) * e
     layers = num_rotations(min_weight, l2_bytes, cap=8, floor=2)
-    kv_per_token = 2 * sh.kv_heads * sh.head_dim * e
+    kv_per_token = 2 * sh.kv_heads * sh.head_dim * kv_cache_dtype_bytes(kv_cache_dtype, e)
     blocks = max_kv_blocks(grid, kv_per_token, l2_bytes)
     max_tokens = _max_tokens(grid, kv_per_token)
     if device.type == "cuda":
@@ -93,7 +96,7 @@ def build_rig(cfg, sh: Shard, device: torch.device, dtype: torch.dtype, grid: Gr
             notes.append(f"KV cache capped at {blocks * block_bytes / 2**30:.1f} GiB by free memory: the largest "
                          "attention points rotate over fewer KV regions, or are left out (see errors)")
     rig = LayerRig(shard_config(cfg, sh, 1 + layers), device, dtype, num_kv_blocks=blocks, max_tokens=max_tokens,
-                   num_workspaces=NUM_WORKSPACES, seed=seed)
+                   num_workspaces=NUM_WORKSPACES, seed=seed, kv_cache_dtype=kv_cache_dtype)
     if l2_bytes:
         notes.append(f"cold operands: weights rotate over {layers} layers, activations over {NUM_WORKSPACES} "
                      f"workspaces, KV over up to 8 disjoint regions ({blocks * BLOCK_SIZE * kv_per_token / 2**30:.2f}"
@@ -126,6 +129,7 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
         device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
         torch.cuda.set_device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    kv_dtype = _kv_dtype(opts.kv_cache_dtype, dtype, device)
     gpu = gpu_info(device)
     l2_bytes = int((gpu["l2_mib"] or 0) * 2**20)
     grid = opts.grid or (tiny_grid() if device.type != "cuda" else
@@ -144,6 +148,7 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
     profile = {"schema": SCHEMA, "kind": "profile", "run_id": file.stem if file.name != PROFILE_FILE else run_dir.name,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "partial": True, "model": cfg.name, "tp": sh.tp,
                "quick": opts.quick, "grid": grid.name, "device": str(device), "shapes": sh.to_dict(), "gpu": gpu,
+               "kv_cache_dtype": opts.kv_cache_dtype, "kv_element_bytes": kv_dtype.itemsize,
                "environment": environment(), "peaks": {}, "ops": {}, "interference": [], "micro_pair": None,
                "launch": None, "sustained": None, "power": None,
                "collectives": collectives(sh), "errors": [], "notes": notes}
@@ -158,7 +163,8 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
     def build():
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the peak's buffers, before free memory sizes the KV cache
-        state["rig"] = rig = build_rig(cfg, sh, device, dtype, grid, l2_bytes, notes, opts.seed)
+        state["rig"] = rig = build_rig(cfg, sh, device, dtype, grid, l2_bytes, notes, opts.seed,
+                                       opts.kv_cache_dtype)
         profile["method"] = _method(timer, rig, l2_bytes)
 
     def alone():
@@ -228,6 +234,17 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
     return profile, run_dir
 
 
+def _kv_dtype(name: str, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The cache's torch dtype, through the engine's own resolution; a card without fp8 is one line, exit 2."""
+    from engine.errors import EngineConfigError
+    from engine.runner import resolve_kv_cache_dtype
+
+    try:
+        return resolve_kv_cache_dtype(name, dtype, device)
+    except EngineConfigError as e:
+        raise UserError(f"--kv-cache-dtype {name}: {e}") from None
+
+
 def _guarded(name: str, fn, errors: list, steps) -> bool:
     """Run one section; a failure is recorded (with the end of its traceback) and the run goes on, so one
     broken section does not cost the others' measurements."""
@@ -252,7 +269,8 @@ def _method(timer: Timer, rig: LayerRig, l2_bytes: int) -> dict:
     how = ("CUDA events around each repeat, all repeats queued behind a GPU sleep so host launch gaps are not "
            "timed; kernels under 50 us run several calls per repeat" if timer.is_cuda else "host perf_counter")
     return {"timer": how, "warmup": timer.warmup, "repeats": timer.repeats, "statistic": "median",
-            "dtype": str(rig.dtype).removeprefix("torch."), "kernels": rig.kernels, "block_size": BLOCK_SIZE,
+            "dtype": str(rig.dtype).removeprefix("torch."), "kv_dtype": str(rig.kv_dtype).removeprefix("torch."),
+            "kernels": rig.kernels, "block_size": BLOCK_SIZE,
             "weight_layers": len(rig.layers), "workspaces": len(rig.workspaces), "kv_blocks": rig.num_kv_blocks,
             "l2_mib": round(l2_bytes / 2**20, 1)}
 
@@ -269,6 +287,7 @@ def output_paths(opts: ProfileOptions, model: str) -> tuple[Path, Path]:
         return path, path / PROFILE_FILE
     from nanotune.results import new_run_dir
 
-    label = f"{model}-tp{opts.tp}" + ("-quick" if opts.quick else "")
+    label = f"{model}-tp{opts.tp}" + ("-quick" if opts.quick else "") + ("" if opts.kv_cache_dtype == "auto"
+                                                                          else f"-kv{opts.kv_cache_dtype}")
     run_dir = new_run_dir("profile", label, root=opts.results_dir)
     return run_dir, run_dir / PROFILE_FILE

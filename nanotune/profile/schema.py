@@ -12,6 +12,10 @@ Layout (JSON object; times in milliseconds; sm_budget null = the op's full grid 
   "shapes": {hidden, heads, kv_heads, head_dim, intermediate, vocab, num_layers, params_per_gpu}: ints
                                 per GPU (heads, kv_heads, intermediate divided by tp; num_layers = the model's)
   "gpu": {"name": str, "num_sms": int | null, "l2_mib": number | null, "memory_gib": number | null}
+  "kv_cache_dtype": str         EngineConfig.kv_cache_dtype the attention ops and rope_kv ran over ("auto" = the
+                                model dtype, "fp8" = e4m3 with the engine's scales); optional: profiles written
+                                before it lack it and were all "auto" (kv_cache_dtype_of). "kv_element_bytes": int,
+                                the cache's bytes per element (not checked)
   "environment": {...}          nanotune.results.environment()
   "peaks": {"bf16_tflops": number > 0, "copy_gb_s": number > 0, "gemm": str, "copy": str}
   "ops": {op: {"kind": "gemm" | "attention" | "memory", "shape": {...}, "points": [point, ...]}}
@@ -103,6 +107,11 @@ def load_profile(path: str | Path) -> dict:
     return data
 
 
+def kv_cache_dtype_of(data: dict) -> str:
+    """The KV cache dtype a profile measured attention over; "auto" for profiles older than the field."""
+    return str(data.get("kv_cache_dtype") or "auto")
+
+
 def _fail(where: str, field: str, msg: str):
     raise UserError(f"{where}: field '{field}': {msg}")
 
@@ -166,6 +175,12 @@ def validate_profile(data, where: str = "profile") -> None:
     for k in SHAPE_KEYS:
         if _need(shapes, k, int, where, f"shapes.{k}") < 1:
             _fail(where, f"shapes.{k}", f"expected a positive integer, got {shapes[k]}")
+    if "kv_cache_dtype" in data:
+        from engine.config import KV_CACHE_DTYPES
+
+        if data["kv_cache_dtype"] not in KV_CACHE_DTYPES:
+            _fail(where, "kv_cache_dtype", f"expected one of {', '.join(KV_CACHE_DTYPES)}, "
+                                           f"got {_show(data['kv_cache_dtype'])}")
     gpu = _need(data, "gpu", dict, where, "gpu")
     _need(gpu, "name", str, where, "gpu.name")
     _need(gpu, "num_sms", (int, type(None)), where, "gpu.num_sms")

@@ -90,6 +90,9 @@ def summary_table(profile: dict) -> Table:
 def summary_lines(profile: dict) -> list[str]:
     """Interference and micro-pair highlights, decode's SM scaling, throttling, errors, wall time."""
     lines = []
+    if profile.get("kv_cache_dtype"):  # profiles before the field: not said (they were all "auto")
+        lines.append(f"KV cache: {profile['kv_cache_dtype']} ({profile.get('kv_element_bytes', '?')} B per element); "
+                     "attention and rope_kv ran over it")
     dec = [r for r in profile.get("interference", []) if r["b"] == "decode_attn"]
     if dec:
         err = [r["error_vs_predicted"] for r in dec]

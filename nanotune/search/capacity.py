@@ -63,15 +63,17 @@ class KVCapacity:
 def kv_capacity(shards: Shard, memory_gib: float, gpu_memory_fraction: float = 0.9,
                 max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
                 max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, block_size: int = 16,
-                dtype_bytes: int = 2) -> KVCapacity:
-    """Blocks of KV cache one GPU holds (num_blocks <= 0: the model does not fit)."""
+                dtype_bytes: int = 2, kv_dtype_bytes: int | None = None) -> KVCapacity:
+    """Blocks of KV cache one GPU holds (num_blocks <= 0: the model does not fit). dtype_bytes: weights and
+    activations; kv_dtype_bytes: per K/V element of the cache (None: dtype_bytes; fp8: 1)."""
     s = shards
     weights = s.params_per_gpu * dtype_bytes
     rows = workspace_rows(max_num_batched_tokens, max_num_seqs)
     workspace = workspace_bytes(s.hidden, s.q_size, s.kv_size, s.intermediate, rows, dtype_bytes)
     reserve = sampling_reserve_bytes(max_num_seqs, s.vocab) + CUDA_CONTEXT_BYTES
     budget = gpu_memory_fraction * memory_gib * GIB - weights - workspace - reserve
-    blocks = kv_blocks_that_fit(budget, s.num_layers, s.kv_size, block_size, dtype_bytes)
+    kv_e = dtype_bytes if kv_dtype_bytes is None else kv_dtype_bytes
+    blocks = kv_blocks_that_fit(budget, s.num_layers, s.kv_size, block_size, kv_e)
     return KVCapacity(blocks, block_size, budget, weights, workspace, reserve)
 
 

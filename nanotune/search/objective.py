@@ -37,6 +37,8 @@ class SearchContext:
     max_model_len: int = 8192
     composition: str = "steady"  # "steady" | "replay"
     lengths: list[tuple[int, int]] = field(default_factory=list)  # the trace, for replay
+    kv_cache_dtype: str = "auto"  # EngineConfig.kv_cache_dtype tuned for (nanotune.search.kv_dtype)
+    kv_dtype_bytes: int = 2  # its bytes per K/V element (engine.config.kv_cache_dtype_bytes)
     _replays: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -75,7 +77,7 @@ def evaluate(ctx: SearchContext, plan: PipelinePlan, dense_batch_tokens: int, co
     """Predict one plan at one dense-batch size (Infeasible when the KV cache cannot hold the workload)."""
     seqs = max_num_seqs or ctx.max_num_seqs or ENGINE_DEFAULT_MAX_NUM_SEQS
     cap = kv_capacity(ctx.shards, ctx.memory_gib, ctx.gpu_memory_fraction, dense_batch_tokens, seqs,
-                      ctx.block_size)
+                      ctx.block_size, kv_dtype_bytes=ctx.kv_dtype_bytes)
     if cap.num_tokens < ctx.stats.max_total:
         raise Infeasible(f"KV cache of {max(cap.num_tokens, 0)} tokens cannot hold the longest request "
                          f"({ctx.stats.max_total} tokens) with a {dense_batch_tokens}-token dense batch")

@@ -71,6 +71,9 @@ class Profile:
     _curves: dict = field(default_factory=dict, repr=False)
     _slow: dict = field(default_factory=dict, repr=False)
     _sustained: dict | None = field(default=None, repr=False)  # bound -> factor, computed once
+    # bytes per K/V element of the cache searched for over the profile's (kv_dtype.KvDtypeChoice): decode
+    # attention is read at the profiled size holding the same KV bytes (1 when the profile measured that cache)
+    kv_bytes_ratio: float = 1.0
 
     # ---- identity ---------------------------------------------------------------------------------------
     @property
@@ -131,7 +134,8 @@ class Profile:
             gap = self.launch_gap_ms("graph") or 0.0
             self._sustained = {}
             for p in (self.data.get("sustained") or {}).get("points", []):
-                alone = sum(self.alone_ms(o, pt) for o, pt in zip(p["ops"], p["points"], strict=True))
+                alone = sum(self.alone_ms(o, pt, as_profiled=True)  # the layer ran over the profile's cache
+                            for o, pt in zip(p["ops"], p["points"], strict=True))
                 if alone > 0:
                     self._sustained[p["bound"]] = (float(p["sustained_layer_ms"]) - len(p["ops"]) * gap) / alone
         return self._sustained
@@ -169,9 +173,12 @@ class Profile:
             self._curves[op] = {b: curve(pts) for b, pts in by_budget.items() if curve(pts)}
         return self._curves[op]
 
-    def alone_ms(self, op: str, point: dict, sm_budget: int | None = None) -> float:
-        """The op's time alone at `point` ({"tokens"} or {"batch", "context"}) and SM budget."""
-        x = _x(op, point)
+    def alone_ms(self, op: str, point: dict, sm_budget: int | None = None, as_profiled: bool = False) -> float:
+        """The op's time alone at `point` ({"tokens"} or {"batch", "context"}) and SM budget. Decode attention
+        is memory-bound (bound()): over another KV dtype than the profile's (kv_bytes_ratio) its time is the
+        profiled one of the size reading as many KV bytes; `as_profiled`: over the profile's own cache."""
+        ratio = self.kv_bytes_ratio if op == "decode_attn" and not as_profiled else 1.0
+        x = _x(op, point) * ratio
         if x <= 0:
             return 0.0
         curves = self._budget_curves(op)

@@ -43,7 +43,7 @@ def reference_candidates(gpu: str, model: str, tp: int, results_dir: str | None 
 
 
 def find_profile(model: str, tp: int, gpu: str | None, profile: str | None, results_dir: str | None,
-                 has_gpu: bool) -> tuple[Profile, str]:
+                 has_gpu: bool, kv_cache_dtype: str = "auto") -> tuple[Profile, str]:
     """(the profile, how it was found). Order: --profile FILE; --gpu NAME (committed reference); a fresh
     profile of this machine's GPU; else a one-line error saying what to pass."""
     if profile:
@@ -65,11 +65,13 @@ def find_profile(model: str, tp: int, gpu: str | None, profile: str | None, resu
         raise UserError(f"no GPU here to profile and no reference profile of {model} at TP {tp}: pass --gpu NAME "
                         f"(a committed profile under results/reference/NAME/) or --profile FILE; "
                         f"{available_text(results_dir)}")
-    path = fresh_profile(model, tp, results_dir)
+    kv = {"kv_cache_dtype": kv_cache_dtype} if kv_cache_dtype != "auto" else {}  # measured over that cache
+    path = fresh_profile(model, tp, results_dir, **kv)
     return load_profile(path), f"fresh profile: {path}"
 
 
-def fresh_profile(model: str, tp: int, results_dir: str | None, progress: bool = True) -> Path:
+def fresh_profile(model: str, tp: int, results_dir: str | None, progress: bool = True,
+                  kv_cache_dtype: str = "auto") -> Path:
     """Measure this GPU with `nanotune profile --quick` (about 2 minutes); returns its profile.json."""
     try:
         from nanotune.profile.run import ProfileOptions, run_profile
@@ -77,7 +79,7 @@ def fresh_profile(model: str, tp: int, results_dir: str | None, progress: bool =
         raise UserError("this GPU has no profile yet and `nanotune profile` is not available to measure one: "
                         "pass --gpu NAME or --profile FILE") from None
     _, run_dir = run_profile(ProfileOptions(model=model, tp=tp, quick=True, results_dir=results_dir,
-                                            progress=progress))
+                                            progress=progress, kv_cache_dtype=kv_cache_dtype))
     return Path(run_dir) / "profile.json"
 
 

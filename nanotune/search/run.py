@@ -54,6 +54,7 @@ class SearchConfig:
     validate_requests: int = 256
     results_dir: str | None = None
     progress: bool = True
+    kv_cache_dtype: str = "auto"  # EngineConfig.kv_cache_dtype to tune for (nanotune.search.kv_dtype)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -85,9 +86,14 @@ def prepare(cfg: SearchConfig, log) -> tuple[SearchContext, dict]:
     model, alias = resolve.resolve_model(model_arg or "llama-3-8b")
     if alias:
         log(f"model: {alias}")
-    profile, source = resolve.find_profile(model, cfg.tp, cfg.gpu, cfg.profile, cfg.results_dir, has_gpu)
+    profile, source = resolve.find_profile(model, cfg.tp, cfg.gpu, cfg.profile, cfg.results_dir, has_gpu,
+                                           cfg.kv_cache_dtype)
     resolve.check_profile_matches(profile, model, cfg.tp)
     log(f"profile: {source} ({profile.gpu_name}, {profile.num_sms} SMs)")
+    from nanotune.search import kv_dtype
+
+    kv = kv_dtype.choose(profile, cfg.kv_cache_dtype, is_reference=cfg.profile is None and cfg.gpu is not None)
+    log(kv.line())
     max_model_len = resolve_max_model_len(get_preset(model))  # what the engine serves by default
     wl = resolve.load_workload(cfg.workload, cfg.num_requests, cfg.seed, max_model_len, cfg.filter)
     log(summary_line(wl.summary))
@@ -95,13 +101,15 @@ def prepare(cfg: SearchConfig, log) -> tuple[SearchContext, dict]:
     memory = cfg.gpu_memory_gib or gpu_memory_gib(profile.gpu_name, profile.data.get("gpu"))
     ctx = SearchContext(profile, stats, Shard.of(profile.shapes), memory, cfg.objective, cfg.tpot_limit_ms,
                         cfg.max_num_seqs, cfg.gpu_memory_fraction, cfg.block_size, max_model_len, cfg.composition,
-                        wl.lengths)
+                        wl.lengths, kv_cache_dtype=cfg.kv_cache_dtype, kv_dtype_bytes=kv.requested_bytes)
     identity = {"model": model, "tp": cfg.tp, "workload": cfg.workload, "objective": cfg.objective,
                 "max_num_seqs": cfg.max_num_seqs, "profile": profile.path}
     if cfg.filter:  # only when given, so studies made before --filter existed still resume
         identity["filter"] = cfg.filter
+    if cfg.kv_cache_dtype != "auto":  # likewise
+        identity["kv_cache_dtype"] = cfg.kv_cache_dtype
     info = {"model": model, "model_alias": alias, "profile_source": source, "workload": wl, "has_gpu": has_gpu,
-            "identity": identity}
+            "identity": identity, "kv_cache": {**kv.to_dict(), "note": kv.line()}}
     return ctx, info
 
 
@@ -221,14 +229,16 @@ def _finish(cfg: SearchConfig, ctx: SearchContext, info: dict, study, name: str,
     best.plan.meta.update(model=model, tp_degree=cfg.tp)  # bench warns when the plan runs another model
     run_dir = new_run_dir("search", f"{model}-{wl.label}", root=cfg.results_dir)
     front = pareto(ranked) if cfg.objective == "both" else []
-    source = {"run_id": run_dir.name, "objective": cfg.objective, "workload": wl.spec, "profile": ctx.profile.path}
+    source = {"run_id": run_dir.name, "objective": cfg.objective, "workload": wl.spec, "profile": ctx.profile.path,
+              "kv_cache": info["kv_cache"]}  # the profile's KV dtype and what was scaled by bytes
     best_tuned = tuned_config(full_params(best_trial.params, ctx), best.plan, model, cfg.tp,
-                              {**source, "trial": best_trial.number})
+                              {**source, "trial": best_trial.number}, cfg.kv_cache_dtype)
     front_tuned = []
     for t in front:
         p = full_params(t.params, ctx)
         front_tuned.append((t.number, tuned_config(p, build_plan(p, f"pareto-{t.number}", ctx.profile.num_sms),
-                                                   model, cfg.tp, {**source, "trial": t.number})))
+                                                   model, cfg.tp, {**source, "trial": t.number},
+                                                   cfg.kv_cache_dtype)))
     files = output.save_plans(run_dir, best_tuned, front_tuned)
     files.update(output.save_study(study, storage, run_dir))
     validation = _validate(cfg, ctx, info, ranked, best, log)
@@ -245,7 +255,9 @@ def _finish(cfg: SearchConfig, ctx: SearchContext, info: dict, study, name: str,
                      "num_dropped_too_long": wl.num_dropped, "requests": wl.summary, "stats": ctx.stats.to_dict(),
                      "meta": wl.meta},
         "engine": {"max_num_seqs": cfg.max_num_seqs or "searched", "gpu_memory_fraction": cfg.gpu_memory_fraction,
-                   "gpu_memory_gib": ctx.memory_gib, "block_size": cfg.block_size, "max_model_len": ctx.max_model_len},
+                   "gpu_memory_gib": ctx.memory_gib, "block_size": cfg.block_size, "max_model_len": ctx.max_model_len,
+                   "kv_cache_dtype": cfg.kv_cache_dtype},
+        "kv_cache": info["kv_cache"],
         "objective": cfg.objective, "tpot_limit_ms": cfg.tpot_limit_ms, "composition": cfg.composition,
         "study": {"name": name, "storage": storage, "resumed": cfg.resume, "num_trials": len(study.trials),
                   "num_trials_this_run": len(study.trials) - num_before,
@@ -264,7 +276,7 @@ def _finish(cfg: SearchConfig, ctx: SearchContext, info: dict, study, name: str,
                    for t in front[:output.MAX_PARETO_PLANS]],
         "validation": validation, "files": files, "plots": plots, "plots_skipped": skipped,
         "bound": _bound(ctx, wl),
-        "notes": output.model_notes(ctx, cfg.composition), "config": asdict(cfg),
+        "notes": output.model_notes(ctx, cfg.composition) + [info["kv_cache"]["note"]], "config": asdict(cfg),
         "command": " ".join(sys.argv), "environment": environment(), "wall_s": time.time() - t_start,
         "resume_command": resume_command(cfg, name),
     }
@@ -289,7 +301,7 @@ def _bound(ctx: SearchContext, wl) -> dict:
         found = find_power_profile(ctx.profile.gpu_name, ctx.profile.model)
         if found is not None:
             data, where = {**data, "power": json.loads(found.read_text())["power"]}, str(found)
-    return bound_or_why(data, where, s, wl.lengths)
+    return bound_or_why(data, where, s, wl.lengths, ctx.kv_dtype_bytes)
 
 
 def _validate(cfg: SearchConfig, ctx: SearchContext, info: dict, ranked: list, best, log) -> dict | None:

@@ -52,6 +52,8 @@ def resume_command(cfg, study_name: str) -> str:
         args += ["--max-num-seqs", str(cfg.max_num_seqs)]
     if cfg.tpot_limit_ms:
         args += ["--tpot-limit", f"{cfg.tpot_limit_ms:g}"]
+    if getattr(cfg, "kv_cache_dtype", "auto") != "auto":
+        args += ["--kv-cache-dtype", cfg.kv_cache_dtype]
     if cfg.storage:
         args += ["--storage", cfg.storage]
     if cfg.results_dir:

@@ -134,9 +134,10 @@ def build_plan(params: dict, name: str = "tuned", num_sms: int | None = None) ->
     return plan
 
 
-def tuned_config(params: dict, plan: PipelinePlan, model: str, tp: int = 1, source: dict | None = None) -> TunedConfig:
+def tuned_config(params: dict, plan: PipelinePlan, model: str, tp: int = 1, source: dict | None = None,
+                 kv_cache_dtype: str | None = None) -> TunedConfig:
     """The tuned-config file's content for one point of the space: its plan and the engine limits it
     was evaluated with (max_num_seqs: the engine's default when the study did not search it)."""
     return TunedConfig(plan, int(params["dense_batch_tokens"]),
                        int(params.get("max_num_seqs", ENGINE_DEFAULT_MAX_NUM_SEQS)), model=model, tp=tp,
-                       source=source or {})
+                       source=source or {}, kv_cache_dtype=kv_cache_dtype)

@@ -119,7 +119,8 @@ def validate_plans(entries: list[tuple[str, PipelinePlan, int, int]], ctx, model
     for (tokens, seqs), group in by_limits.items():  # one engine per limits; plans switched in place
         engine = LLMEngine(EngineConfig(model=model, device=device, seed=seed, max_num_batched_tokens=tokens,
                                         max_num_seqs=seqs, block_size=ctx.block_size,
-                                        gpu_memory_fraction=ctx.gpu_memory_fraction, tp=tp))
+                                        gpu_memory_fraction=ctx.gpu_memory_fraction, tp=tp,
+                                        kv_cache_dtype=ctx.kv_cache_dtype))
         for label, plan, _, _ in group:
             engine.set_plan(plan)
             warm = _run_trace(engine, lengths, seed + 1, time_every)  # compiles, captures; the op timings
