@@ -56,7 +56,6 @@ class LayerRig:
         per-(layer, kv head) scales, so store and attention run their fp8 paths)."""
         from engine.runner import resolve_kv_cache_dtype  # the engine's own name -> torch dtype
 
-
         self.cfg, self.device, self.dtype = cfg, torch.device(device), dtype
         self.gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.host_gen = torch.Generator().manual_seed(seed + 2)  # block-order shuffles
