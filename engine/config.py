@@ -97,6 +97,9 @@ class ModelConfig:
 
 
 KV_CACHE_DTYPES = ("auto", "fp8", "bfloat16", "float16", "float32")
+# EngineConfig.allreduce: the plan's collective ops under tensor parallelism (engine/parallel/comm.py runs them;
+# N in nccl-channels:N is a channel count; the last three need CUDA GPUs)
+ALLREDUCE_IMPLS = ("nccl", "nccl-channels:N", "symm-mem-one-shot", "symm-mem-two-shot", "copy-engine")
 
 
 def kv_cache_dtype_bytes(kv_cache_dtype: str, model_dtype_bytes: int) -> int:
@@ -143,7 +146,7 @@ class EngineConfig:
     keep_logits: bool = False  # return each sampled token's logits (tests compare them with HF)
     # Tensor parallelism (engine/parallel): ranks, one process each; the all-reduce implementation
     tp: int = 1
-    allreduce: str = "nccl"  # engine/parallel/comm.py: "nccl" | "nccl-channels:N" (others named, refused)
+    allreduce: str = "nccl"  # one of ALLREDUCE_IMPLS
 
     def replace(self, **kw) -> EngineConfig:
         return replace(self, **kw)

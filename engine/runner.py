@@ -131,7 +131,10 @@ class ModelRunner:
         """Switch to another plan (same weights and cache): new executor, and graphs captured afresh."""
         plan.validate(num_sms=self.num_sms, where=plan.name)
         if self.tp is not None:  # the collectives a plan omits go after their GEMMs, on the GEMM's stream
+            from engine.parallel.comm import check_plan_streams
+
             plan = plan.with_collectives()
+            check_plan_streams(self.tp.impl, plan, plan.name)
         self.plan = plan
         self.graphs = self.mixed_graphs = None  # drop the old graphs (and their pools) before capturing new ones
         if self.device.type == "cuda":

@@ -6,10 +6,13 @@ ShareGPT with vLLM's filter), offline through the bench's runner: total tokens/s
 optimal with params per GPU = params / TP (NanoFlow's Eq. 5), the steady-state figures, host time per step
 (and rank 0's send time per step: the cost of every rank scheduling on its own); then a short op-timed pass
 for each op's share of an iteration (the all-reduces' included); peak memory per GPU; and the ratios
-(each plan over sequential, each TP over TP 1 for the same plan and trace). Writes tp-bench.json with the
-environment block into --out (or $OUT).
+(each plan over sequential, each TP over TP 1 for the same plan and trace). Each TP > 1 runs with every
+all-reduce implementation in --allreduce (ratios over the first, the best per TP/plan/trace), and the
+implementations in --collectives are timed alone and beside a GEMM first; one that fails is recorded and the
+rest go on. Writes tp-bench.json with the environment block into --out (or $OUT).
 
-    python scripts/tp_bench.py --model llama-3-70b --tp 2 --plans sequential,nb2-ar --out results/x
+    python scripts/tp_bench.py --model llama-3-70b --tp 2 --plans sequential,nb2-ar --out results/x \
+        --allreduce nccl,symm-mem-one-shot,symm-mem-two-shot,copy-engine
     python scripts/tp_bench.py --model llama-3-8b --tp 1,2 --traces constant:1024:512 -n 900 --out results/x
     python scripts/tp_bench.py --smoke --out /tmp/x     # CPU, gloo, a tiny model: checks the script itself
 """
@@ -134,17 +137,36 @@ def memory_per_gpu(device: str, tp: int) -> dict:
 
 
 def ratios(runs: list[dict]) -> dict:
-    """Each plan over sequential (same TP, trace), each TP over TP 1 (same plan, trace), total tok/s."""
-    by = {(r["tp"], r["plan"], r["trace"]): r["result"]["metrics"]["total_token_throughput"] or 0 for r in runs}
-    plan_vs_seq, tp_vs_tp1 = {}, {}
-    for (tp, plan, trace), v in by.items():
-        seq = by.get((tp, "sequential", trace))
+    """Total tok/s ratios, same trace: each plan over sequential (same TP and all-reduce), each TP over TP 1
+    (same plan, the first all-reduce), each all-reduce over the first one given (same TP, plan); and the best
+    all-reduce per TP, plan and trace (what the engine's default should be)."""
+    by = {(r["tp"], r["allreduce"], r["plan"], r["trace"]): r["result"]["metrics"]["total_token_throughput"] or 0
+          for r in runs}
+    first = runs[0]["allreduce"] if runs else None
+    plan_vs_seq, tp_vs_tp1, ar_vs_first, best = {}, {}, {}, {}
+    for (tp, ar, plan, trace), v in by.items():
+        tag = "" if ar == first else f"/{ar}"
+        seq = by.get((tp, ar, "sequential", trace))
         if plan != "sequential" and seq:
-            plan_vs_seq[f"tp{tp}/{trace}/{plan}"] = v / seq
-        one = by.get((1, plan, trace))
-        if tp != 1 and one:
+            plan_vs_seq[f"tp{tp}/{trace}/{plan}{tag}"] = v / seq
+        one = by.get((1, first, plan, trace))
+        if tp != 1 and one and ar == first:
             tp_vs_tp1[f"{trace}/{plan}/tp{tp}"] = v / one
-    return {"plan_over_sequential": plan_vs_seq, "tp_over_tp1": tp_vs_tp1}
+        base = by.get((tp, first, plan, trace))
+        if tp != 1 and ar != first and base:
+            ar_vs_first[f"tp{tp}/{trace}/{plan}/{ar}"] = v / base
+        if tp != 1:
+            key = f"tp{tp}/{trace}/{plan}"
+            if v > best.get(key, ("", -1.0))[1]:
+                best[key] = (ar, v)
+    return {"plan_over_sequential": plan_vs_seq, "tp_over_tp1": tp_vs_tp1,
+            f"allreduce_over_{first}": ar_vs_first, "best_allreduce": {k: a for k, (a, _) in best.items()}}
+
+
+def engine_configs(tps: list[int], impls: list[str]) -> list[tuple[int, str]]:
+    """(tp, all-reduce) pairs to build engines for: TP 1 once (it has no collectives), every TP > 1 with each
+    implementation."""
+    return [(tp, impl) for tp in tps for impl in (impls[:1] if tp == 1 else impls)]
 
 
 def main() -> None:
@@ -157,8 +179,10 @@ def main() -> None:
     ap.add_argument("--op-requests", type=int, default=64, help="requests of the op-timed pass (0: skip)")
     ap.add_argument("--warmups", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--allreduce", default="nccl", help="the engine's all-reduce implementation")
-    ap.add_argument("--collectives", default="nccl,nccl-channels:8",
+    ap.add_argument("--allreduce", default="nccl",
+                    help="comma list of the engine's all-reduce implementations (engine/parallel/comm.py); each TP "
+                         "> 1 runs with each, the first is the baseline of the ratios")
+    ap.add_argument("--collectives", default="nccl,nccl-channels:8,symm-mem-one-shot,symm-mem-two-shot,copy-engine",
                     help="all-reduce implementations to time alone and beside a GEMM at the largest TP ('' skips)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-len", type=int, default=None, help="cap prompt and output lengths")
@@ -171,7 +195,7 @@ def main() -> None:
     if args.smoke:
         args.model, args.device, args.tp, args.n, args.warmups = "tiny-llama", "cpu", "1,2", 6, 1
         args.max_len, args.op_requests = args.max_len or 48, min(args.op_requests, 3)
-        args.collectives = "nccl"  # gloo on CPU
+        args.collectives = args.allreduce = "nccl"  # gloo on CPU
         extra = {"dtype": "float32", "max_num_batched_tokens": 128, "max_num_seqs": 8}
 
     from engine import EngineConfig, LLMEngine
@@ -185,7 +209,7 @@ def main() -> None:
     peak = peak_flops(args.device)
     traces = {spec: make_trace(spec, args.n, args.seed, args.max_len) for spec in args.traces.split(",")}
     out = {"schema": "nanotune.tp-bench/1", "command": " ".join(sys.argv), "model": args.model,
-           "peak": peak.to_dict(), "allreduce": args.allreduce, "num_requests": args.n, "runs": [],
+           "peak": peak.to_dict(), "allreduce": args.allreduce.split(","), "num_requests": args.n, "runs": [],
            "per_tp": {}, "environment": environment()}
     save = lambda: write_json_atomic(out_dir / "tp-bench.json", {**out, "wall_s": time.time() - t_start})
     top = max(int(t) for t in args.tp.split(","))
@@ -193,29 +217,47 @@ def main() -> None:
         from nanotune.profile.collectives import measure_allreduce
 
         sizes = (1,) if args.smoke else (1, 8, 32, 128)
-        out["collectives"] = [measure_allreduce(top, impl, args.device.split(":")[0], sizes)
-                              for impl in args.collectives.split(",")]
-        for c in out["collectives"]:
-            print(f"all-reduce {c['impl']} x{top}: " + ", ".join(
-                f"{r['size_mib']} MiB {r['bus_gb_s']:.1f} GB/s" + (f" (with GEMM {r['overlap_work']:.2f}x)"
-                                                                 if r["overlap_work"] else "")
-                for r in c["sizes"]), flush=True)
+        out["collectives"] = []
+        for impl in args.collectives.split(","):
+            try:
+                c = measure_allreduce(top, impl, args.device.split(":")[0], sizes)
+            except Exception as e:  # one implementation that cannot run here must not lose the others
+                c = {"impl": impl, "ranks": top, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1:]}"}
+                print(f"all-reduce {impl} x{top}: failed: {c['error']}", flush=True)
+            else:
+                print(f"all-reduce {c['impl']} x{top}: " + ", ".join(
+                    f"{r['size_mib']} MiB {r['bus_gb_s']:.1f} GB/s" + (f" (with GEMM {r['overlap_work']:.2f}x)"
+                                                                     if r["overlap_work"] else "")
+                    for r in c["sizes"]), flush=True)
+            out["collectives"].append(c)
         save()
-    for tp in [int(t) for t in args.tp.split(",")]:
-        engine = LLMEngine(EngineConfig(model=args.model, device=args.device, seed=args.seed, tp=tp,
-                                        allreduce=args.allreduce, **extra))
+    impls = args.allreduce.split(",")
+    out["engine_errors"] = []
+    for tp, impl in engine_configs([int(t) for t in args.tp.split(",")], impls):
+        key = str(tp) if impl == impls[0] else f"{tp}:{impl}"
         try:
-            info = {"num_kv_blocks": engine.runner.cache_info.num_blocks,
+            engine = LLMEngine(EngineConfig(model=args.model, device=args.device, seed=args.seed, tp=tp,
+                                            allreduce=impl, **extra))
+        except Exception as e:  # an all-reduce that cannot run here: recorded, the others still run
+            if impl == impls[0]:
+                raise
+            out["engine_errors"].append({"tp": tp, "allreduce": impl, "error": f"{type(e).__name__}: {e}"})
+            print(f"tp {tp} {impl}: engine failed to build: {e}", flush=True)
+            save()
+            continue
+        try:
+            info = {"allreduce": impl, "num_kv_blocks": engine.runner.cache_info.num_blocks,
                     "weights_gib_per_gpu": engine.runner.weights.num_bytes / 2**30,
                     "tokens_digest": greedy_tokens_digest(engine, engine.vocab_size), "op_shares": {}}
-            out["per_tp"][str(tp)] = info
+            out["per_tp"][key] = info
             for plan_name in args.plans.split(","):
                 engine.set_plan(resolve_plan(plan_name, engine.runner.num_sms))
                 for spec, trace in traces.items():
                     res = run_trace(engine, spec, trace, peak, args.warmups, args.device)
-                    out["runs"].append({"tp": tp, "plan": plan_name, "trace": spec, "result": res})
-                    print(f"tp {tp} {plan_name} {spec}: {res['metrics']['total_token_throughput']:,.0f} tok/s "
-                          f"({res['total_token_throughput_per_gpu']:,.0f} per GPU), efficiency "
+                    out["runs"].append({"tp": tp, "allreduce": impl, "plan": plan_name, "trace": spec,
+                                        "result": res})
+                    print(f"tp {tp} {impl} {plan_name} {spec}: {res['metrics']['total_token_throughput']:,.0f} "
+                          f"tok/s ({res['total_token_throughput_per_gpu']:,.0f} per GPU), efficiency "
                           f"{res['metrics']['efficiency']:.3f}", flush=True)
                     save()
                 if args.op_requests:
@@ -228,8 +270,8 @@ def main() -> None:
         out["ratios"] = ratios(out["runs"])
         save()
     print(f"wrote {out_dir / 'tp-bench.json'}")
-    bad = [f"tp {r['tp']} {r['plan']} {r['trace']}: {r['result']['error'] or 'requests failed'}" for r in out["runs"]
-           if r["result"]["error"] or r["result"]["metrics"].get("failed")]
+    bad = [f"tp {r['tp']} {r['allreduce']} {r['plan']} {r['trace']}: {r['result']['error'] or 'requests failed'}"
+           for r in out["runs"] if r["result"]["error"] or r["result"]["metrics"].get("failed")]
     if bad:  # recorded in the JSON; the script exits 1 so a wrapper sees it
         raise SystemExit("tp_bench: " + "; ".join(bad))
 

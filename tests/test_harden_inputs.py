@@ -52,6 +52,9 @@ BENCH_BAD = [
     (["--engine", "hf", "--plan", "nb2"], "--plan"),
     (["--kv-overcommit", "nan"], "--kv-overcommit"),
     (["--sweep-rate", "2,nan"], "--sweep-rate"),
+    (["--allreduce", "copy-engine"], "--allreduce copy-engine: only with --tp > 1"),
+    (["--tp", "2", "--device", "cpu", "--allreduce", "symm-mem-two-shot"], "needs CUDA GPUs"),
+    (["--tp", "2", "--device", "cpu", "--allreduce", "nccl-channels:0"], "nccl-channels:N with N >= 1"),
 ]
 
 

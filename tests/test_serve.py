@@ -161,12 +161,13 @@ def test_metrics_count_tokens_and_latencies(preset_server):
     assert json.loads(httpx.get(preset_server.url + "/v1/models").text)["data"][0]["id"] == "tiny-llama"
 
 
-def test_tp_without_tensor_parallel_engine_is_one_line(monkeypatch):
+@pytest.mark.parametrize("args,says", [(["--allreduce", "copy-engine"], "--allreduce copy-engine: only with --tp > 1"),
+                                       (["--tp", "2", "--allreduce", "symm-mem-one-shot"], "needs CUDA GPUs"),
+                                       (["--tp", "2", "--allreduce", "ring"], "allreduce 'ring': unknown")])
+def test_bad_allreduce_is_one_line(args, says):
     from click.testing import CliRunner
 
     from nanotune.cli import main
-    from nanotune.serve import run as serve_run
 
-    monkeypatch.setattr(serve_run, "TP_FIELDS", ("no_such_field",))  # as if the engine had no TP
-    res = CliRunner().invoke(main, ["serve", "--model", "tiny-llama", "--tp", "2", "--device", "cpu"])
-    assert res.exit_code == 2 and "no tensor parallelism" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["serve", "--model", "tiny-llama", "--device", "cpu", "--engine-in-thread", *args])
+    assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output

@@ -153,6 +153,27 @@ def test_bad_tp_is_refused_before_loading():
         LLMEngine(_cfg("tiny-llama-micro", tp=3))
     with pytest.raises(EngineConfigError, match="not implemented"):
         LLMEngine(_cfg("tiny-llama-micro", tp=2, allreduce="fused-rmsnorm"))
+    with pytest.raises(EngineConfigError, match=r"^allreduce 'symm-mem-one-shot': needs CUDA GPUs"):
+        LLMEngine(_cfg("tiny-llama-micro", tp=2, allreduce="symm-mem-one-shot"))
+    with pytest.raises(EngineConfigError, match="unknown"):
+        LLMEngine(_cfg("tiny-llama-micro", tp=2, allreduce="ring"))
+
+
+def test_symmetric_memory_allreduce_needs_its_collectives_on_one_stream():
+    """One symmetric buffer serves every call: a plan whose collectives could overlap on two streams is refused
+    for those implementations (NCCL orders its own), the library's nb2-ar (collectives on one stream) is not."""
+    from engine.parallel.comm import SYMM_MEM, check_plan_streams
+    from engine.plan import OpInstance, PipelinePlan
+    from engine.plan_library import resolve_plan
+
+    nb2 = resolve_plan("nb2-ar", 132).with_collectives()
+    two = PipelinePlan("split", tuple(OpInstance(i.op, i.lo, i.hi, 1 if i.op == "down_allreduce" else i.stream)
+                                      for i in nb2.ops), num_streams=max(2, nb2.num_streams))
+    for impl in SYMM_MEM:
+        check_plan_streams(impl, nb2)
+        with pytest.raises(EngineConfigError, match=rf"^split: allreduce '{impl}' needs every collective op on one"):
+            check_plan_streams(impl, two, two.name)
+    check_plan_streams("nccl", two)
 
 
 @pytest.mark.parametrize("name", ["tiny-llama-micro", "qwen2-7b"])

@@ -31,3 +31,26 @@ def test_tp_bench_smoke_writes_every_figure(tmp_path):
     assert all(r["result"].get("rank0_send_ms_per_step", 0) > 0 for r in d["runs"] if r["tp"] == 2)
     (ar,) = d["collectives"]
     assert ar["ranks"] == 2 and ar["sizes"][0]["allreduce_ms"] > 0 and ar["sizes"][0]["together_ms"] is None
+
+
+def _tp_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tp_bench", ROOT / "scripts" / "tp_bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_each_allreduce_is_run_and_compared_to_the_first():
+    tb = _tp_bench()
+    assert tb.engine_configs([1, 2], ["nccl", "copy-engine"]) == [(1, "nccl"), (2, "nccl"), (2, "copy-engine")]
+    run = lambda tp, ar, plan, v: {"tp": tp, "allreduce": ar, "plan": plan, "trace": "t",
+                                   "result": {"metrics": {"total_token_throughput": v}}}
+    r = tb.ratios([run(1, "nccl", "sequential", 100.0), run(2, "nccl", "sequential", 180.0),
+                   run(2, "copy-engine", "sequential", 198.0), run(2, "nccl", "nb2-ar", 171.0),
+                   run(2, "copy-engine", "nb2-ar", 150.0)])
+    assert r["tp_over_tp1"] == {"t/sequential/tp2": 1.8}
+    assert r["allreduce_over_nccl"] == {"tp2/t/sequential/copy-engine": 1.1, "tp2/t/nb2-ar/copy-engine": 150 / 171}
+    assert r["plan_over_sequential"] == {"tp2/t/nb2-ar": 0.95, "tp2/t/nb2-ar/copy-engine": 150 / 198}
+    assert r["best_allreduce"] == {"tp2/t/sequential": "copy-engine", "tp2/t/nb2-ar": "nccl"}

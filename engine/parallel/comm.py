@@ -2,11 +2,19 @@
 all-reduce implementation the plan's collective ops call.
 
 All-reduce implementations (EngineConfig.allreduce):
-  "nccl"            torch.distributed.all_reduce as NCCL comes (gloo on CPU). The default.
-  "nccl-channels:N" the same with NCCL_MIN_NCHANNELS = NCCL_MAX_NCHANNELS = N set in every rank's environment
-                    before NCCL starts (fewer channels: fewer SMs taken from the GEMMs beside it).
+  "nccl"              torch.distributed.all_reduce as NCCL comes (gloo on CPU). The default.
+  "nccl-channels:N"   the same with NCCL_MIN_NCHANNELS = NCCL_MAX_NCHANNELS = N set in every rank's environment
+                      before NCCL starts (fewer channels: fewer SMs taken from the GEMMs beside it).
+  "symm-mem-one-shot" torch symmetric memory (no multicast): each rank copies its partial sums into a buffer
+                      every peer maps over NVLink, and one kernel on each rank reads all peers' rows and sums
+                      them (fewest steps; every rank reads (tp - 1) x the message).
+  "symm-mem-two-shot" the same buffer, reduce-scatter then all-gather in one kernel (each rank sums 1/tp of the
+                      rows: the ring's bytes, without NCCL's channels).
+  "copy-engine"       the same buffer; the peers' partial sums come over with cudaMemcpy (the GPU's copy
+                      engines move them, no SMs), then one local sum kernel. Two device barriers per call.
+The symmetric-memory ones need CUDA GPUs with peer access. Every implementation sums the ranks' rows in one
+order on every rank, so every rank holds the same bits (the ranks sample the same tokens).
 Named and refused (not implemented; never silently replaced by another):
-  "symm-mem-one-shot", "symm-mem-two-shot" (torch symmetric memory, without multicast), "copy-engine",
   "fused-rmsnorm" (the all-reduce fused with the next residual-add + RMSNorm).
 """
 
@@ -18,9 +26,13 @@ from datetime import timedelta
 
 import torch
 
+from engine.config import ALLREDUCE_IMPLS
 from engine.errors import EngineConfigError
 
-NOT_IMPLEMENTED = ("symm-mem-one-shot", "symm-mem-two-shot", "copy-engine", "fused-rmsnorm")
+SYMM_MEM = ("symm-mem-one-shot", "symm-mem-two-shot", "copy-engine")  # need a symmetric-memory buffer
+IMPLEMENTED = ALLREDUCE_IMPLS
+NOT_IMPLEMENTED = ("fused-rmsnorm",)
+assert set(SYMM_MEM) <= set(IMPLEMENTED)
 # NVLink multicast stays off on the lent machines, in every process a launcher starts
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 DEFAULT_TIMEOUT_S = 600.0  # a collective waits this long for its peers, then fails instead of hanging
@@ -33,7 +45,7 @@ def timeout_s() -> float:
 def allreduce_env(impl: str) -> dict[str, str]:
     """Environment an implementation needs in every rank before the process group starts; refuses unknown
     or unimplemented names with one line."""
-    if impl == "nccl":
+    if impl == "nccl" or impl in SYMM_MEM:
         return {}
     if impl.startswith("nccl-channels:"):
         n = impl.split(":", 1)[1]
@@ -41,8 +53,8 @@ def allreduce_env(impl: str) -> dict[str, str]:
             raise EngineConfigError(f"allreduce '{impl}': expected nccl-channels:N with N >= 1")
         return {"NCCL_MIN_NCHANNELS": n, "NCCL_MAX_NCHANNELS": n}
     if impl in NOT_IMPLEMENTED:
-        raise EngineConfigError(f"allreduce '{impl}': not implemented (implemented: nccl, nccl-channels:N)")
-    raise EngineConfigError(f"allreduce '{impl}': unknown (implemented: nccl, nccl-channels:N; "
+        raise EngineConfigError(f"allreduce '{impl}': not implemented (implemented: {', '.join(IMPLEMENTED)})")
+    raise EngineConfigError(f"allreduce '{impl}': unknown (implemented: {', '.join(IMPLEMENTED)}; "
                             f"named, not implemented: {', '.join(NOT_IMPLEMENTED)})")
 
 
@@ -54,10 +66,26 @@ class TPGroup:
     size: int
     group: object  # the device group (NCCL on CUDA, gloo on CPU): the model's collectives
     cpu_group: object  # a gloo group: commands from rank 0 and small host-side agreements
+    impl: str = "nccl"  # EngineConfig.allreduce: what the plan's collective ops run
+    symm: object = None  # engine/parallel/symm_allreduce.SymmAllReduce for the symmetric-memory ones
 
     def all_reduce_(self, x: torch.Tensor) -> None:
-        """Sum x in place over the ranks (on the current stream; legal inside a CUDA graph capture on NCCL)."""
+        """The plan's collective: sum x [rows, h] in place over the ranks with the selected implementation, on
+        the current stream (legal inside a CUDA graph capture)."""
+        if self.symm is not None:
+            self.symm(x)
+        else:
+            torch.distributed.all_reduce(x, group=self.group)
+
+    def all_reduce_group_(self, x: torch.Tensor) -> None:
+        """Sum x in place through the process group (NCCL / gloo) whatever the plan's implementation: for sums
+        outside the plan's collective ops (the embedding's), which may run beside them on another stream."""
         torch.distributed.all_reduce(x, group=self.group)
+
+    def reserve(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Collective: size the symmetric buffer for messages up to `numel` elements (no-op for NCCL)."""
+        if self.symm is not None:
+            self.symm.reserve(numel, dtype, device)
 
     def all_gather_last(self, x: torch.Tensor) -> torch.Tensor:
         """[S, n] on every rank -> [S, size * n], rank r's columns at [r n, (r + 1) n)."""
@@ -85,4 +113,26 @@ def init_group(device: torch.device, impl: str = "nccl") -> TPGroup:
         dist.init_process_group(backend, timeout=timeout, **kw)
     group = dist.group.WORLD
     cpu_group = dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else group
-    return TPGroup(dist.get_rank(), dist.get_world_size(), group, cpu_group)
+    symm = None
+    if impl in SYMM_MEM:
+        from engine.parallel.symm_allreduce import SymmAllReduce
+
+        symm = SymmAllReduce(impl, group, dist.get_rank(), dist.get_world_size())
+    return TPGroup(dist.get_rank(), dist.get_world_size(), group, cpu_group, impl, symm)
+
+
+def check_impl(impl: str, device_type: str) -> None:
+    """Refuse (one line) an implementation that cannot run on this device type, before anything loads."""
+    allreduce_env(impl)
+    if impl in SYMM_MEM and device_type != "cuda":
+        raise EngineConfigError(f"allreduce '{impl}': needs CUDA GPUs with peer access (symmetric memory); "
+                                f"on {device_type} use nccl (gloo)")
+
+
+def check_plan_streams(impl: str, plan, where: str = "plan") -> None:
+    """A symmetric-memory all-reduce has one buffer and one set of signal pads: its calls must not overlap, so
+    a plan's collective ops must share one stream (NCCL orders a communicator's collectives itself)."""
+    streams = sorted({i.stream for i in plan.collective_ops})
+    if impl in SYMM_MEM and len(streams) > 1:
+        raise EngineConfigError(f"{where}: allreduce '{impl}' needs every collective op on one stream; the plan "
+                                f"puts them on streams {', '.join(map(str, streams))} (use nccl, or one stream)")

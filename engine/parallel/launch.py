@@ -30,7 +30,7 @@ from pathlib import Path
 
 from engine.config import EngineConfig, ModelConfig
 from engine.errors import EngineConfigError
-from engine.parallel.comm import NO_MULTICAST_ENV, allreduce_env
+from engine.parallel.comm import NO_MULTICAST_ENV, allreduce_env, check_impl
 from engine.sizing import GIB, sampling_reserve_bytes, shard_shapes, workspace_bytes, workspace_rows
 
 
@@ -42,7 +42,7 @@ def preflight(config: EngineConfig, model_cfg: ModelConfig, device_type: str) ->
     """Refuse, before anything loads, a TP that does not divide the model, more ranks than GPUs, or a shard
     that does not fit the GPU (EngineConfigError, one line)."""
     s = shard_shapes(model_cfg, config.tp)  # raises naming what does not divide
-    allreduce_env(config.allreduce)  # raises on an unknown or unimplemented implementation
+    check_impl(config.allreduce, device_type)  # an unknown, unimplemented or CUDA-only one on CPU: refused
     if device_type != "cuda":
         return
     import torch

@@ -23,6 +23,13 @@ class TPLlamaModel(LlamaModel):
         self.ops["o_allreduce"] = self.all_reduce
         self.ops["down_allreduce"] = self.all_reduce
 
+    def ensure_workspace(self, max_tokens: int):
+        ws = super().ensure_workspace(max_tokens)
+        # a symmetric-memory all-reduce sizes its buffer once, for delta's [max_tokens, h] rows, before any
+        # CUDA graph is captured (a collective rendezvous; no-op for NCCL)
+        self.tp.reserve(ws.delta.numel(), ws.delta.dtype, ws.delta.device)
+        return ws
+
     def all_reduce(self, layer, a, b, fb: ForwardBatch, budget=None):
         self.tp.all_reduce_(self.ws.delta[a:b])  # [b - a, h] partial sums -> the full o_proj / down output
 
@@ -34,7 +41,9 @@ class TPLlamaModel(LlamaModel):
         mine = (ids >= 0) & (ids < s.vocab_per_rank)
         torch.index_select(self.w.embed, 0, ids.clamp(0, s.vocab_per_rank - 1), out=ws.residual[a:b])
         ws.residual[a:b].mul_(mine.unsqueeze(1).to(ws.residual.dtype))
-        self.tp.all_reduce_(ws.residual[a:b])  # exactly one rank holds each id: the sum is the embedding
+        # exactly one rank holds each id: the sum is the embedding. Through the process group, not the plan's
+        # implementation: another nano-batch's plan collective may run beside it on another stream
+        self.tp.all_reduce_group_(ws.residual[a:b])
         self.k.rms_norm(ws.residual[a:b], w.attn_norm, self.cfg.rms_norm_eps, out=ws.normed[a:b])
 
     def logits(self, fb: ForwardBatch) -> torch.Tensor:

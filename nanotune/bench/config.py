@@ -47,6 +47,7 @@ class BenchConfig:
     gpu: str | None = None  # this GPU's committed reference profile: the peak (endpoint) and the bound
     api_key: str | None = field(default=None, repr=False)  # endpoint: sent as Bearer; never written out
     tp: int = 1  # in-process engine: tensor-parallel ranks (one process each)
+    allreduce: str = "nccl"  # in-process engine at tp > 1: EngineConfig.allreduce
     num_kv_blocks: int | None = None  # in-process engine: KV-cache blocks (None: sized from free memory)
     kv_overcommit: float | None = None  # in-process engine: admission overcommit (None: the engine's default)
 
@@ -80,6 +81,8 @@ class BenchConfig:
         if self.tp > 1 and self.engine not in ("nanoflow", "sequential"):
             raise ValueError(f"--tp {self.tp}: only the in-process engine (nanoflow, sequential) runs "
                              "tensor-parallel")
+        if self.allreduce != "nccl" and self.tp == 1:
+            raise ValueError(f"--allreduce {self.allreduce}: only with --tp > 1 (one rank has no all-reduce)")
         if self.repeat < 1:
             raise ValueError(f"--repeat must be >= 1, got {self.repeat}")
         if self.max_concurrency is not None and self.max_concurrency < 1:

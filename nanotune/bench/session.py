@@ -125,7 +125,7 @@ def make_backend(cfg: BenchConfig, lengths: list[tuple[int, int]]) -> Backend:
         return load_hf_backend(cfg.model, cfg.device, cfg.dtype, cfg.hf_attn, cfg.seed, lengths)
     from nanotune.bench.backends.inprocess import load_engine_backend
 
-    tp = {"tp": cfg.tp} if cfg.tp > 1 else {}
+    tp = {"tp": cfg.tp, "allreduce": cfg.allreduce} if cfg.tp > 1 else {}
     return load_engine_backend(cfg.engine, cfg.model, cfg.device, cfg.dtype, cfg.plan, cfg.seed,
                                kv_cache_dtype=cfg.kv_cache_dtype, decode_kernel=cfg.decode_kernel,
                                **engine_limits(cfg), **tp)

@@ -14,6 +14,7 @@ from nanotune.cli.options import (
     MAX_TP,
     SEED,
     FiniteFloat,
+    allreduce_option,
     kv_cache_dtype_option,
     rate_type,
 )
@@ -71,6 +72,7 @@ def _has_gpu() -> bool:
 @click.option("--max-num-seqs", type=click.IntRange(1, MAX_SEQS), help="Most requests running at once [512].")
 @click.option("--tp", type=click.IntRange(1, MAX_TP), default=1, show_default=True,
               help="Tensor-parallel ranks of the in-process engine (one process per GPU; gloo on CPU).")
+@allreduce_option()
 @click.option("--endpoint", metavar="URL", help="OpenAI-compatible server instead of an in-process engine.")
 @click.option("--mode", type=click.Choice(["offline", "online"]), default="offline", show_default=True,
               help="offline: all at t=0; online: the trace's timestamps or --request-rate.")
@@ -173,7 +175,7 @@ def command(**o):
             vocab_size=o["vocab_size"], num_params=o["num_params"], profile=o["bound_profile"],
             endpoint_type=o["endpoint_type"], tokenizer=o["tokenizer"], request_timeout=o["request_timeout"],
             gpu=o["gpu"], api_key=o["api_key"] if o["endpoint"] else None, ignore_eos=o["ignore_eos"],
-            tp=o["tp"], num_kv_blocks=o["num_kv_blocks"], kv_overcommit=o["kv_overcommit"])
+            tp=o["tp"], allreduce=o["allreduce"], num_kv_blocks=o["num_kv_blocks"], kv_overcommit=o["kv_overcommit"])
     except ValueError as e:
         raise UserError(str(e)) from None
     if cfg.sweep_rates and cfg.request_rate is not None:

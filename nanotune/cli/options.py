@@ -160,6 +160,16 @@ KV_CACHE_DTYPE_CHOICES = ("auto", "fp8")
 KV_CACHE_DTYPE_HELP = "KV cache dtype; fp8 = e4m3 with per-(layer, kv head) scales."
 
 
+def allreduce_option():
+    """--allreduce of bench and serve: the all-reduce the plan's collective ops run with --tp > 1 (the names are
+    engine.config.ALLREDUCE_IMPLS; the engine refuses a bad one in one line before loading)."""
+    from engine.config import ALLREDUCE_IMPLS
+
+    return click.option("--allreduce", default="nccl", show_default=True, metavar="IMPL",
+                        help="With --tp > 1: the all-reduce of the plan's collective ops: "
+                             + " | ".join(ALLREDUCE_IMPLS) + " (the last three: CUDA GPUs only).")
+
+
 def kv_cache_dtype_option(help_prefix: str = ""):
     """The --kv-cache-dtype option (auto | fp8, default auto); `help_prefix` says what it applies to."""
     return click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPE_CHOICES), default="auto",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
-from nanotune.cli.options import MAX_LEN, MAX_SEQS, MAX_TP, SEED
+from nanotune.cli.options import MAX_LEN, MAX_SEQS, MAX_TP, SEED, allreduce_option
 
 
 @click.command(name="serve")
 @click.option("--model", required=True, help="Model preset (random weights) or a local Hugging Face checkpoint "
                                              "folder (its tokenizer, if present, serves text prompts).")
 @click.option("--tp", type=click.IntRange(1, MAX_TP), default=1, show_default=True, help="Tensor-parallel GPUs.")
+@allreduce_option()
 @click.option("--plan", metavar="FILE|NAME", help="Pipeline plan (as for `nanotune bench --plan`).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)

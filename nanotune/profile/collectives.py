@@ -6,7 +6,8 @@ CUDA streams; `overlap_work` = (all-reduce alone + GEMM alone) / together, the w
 back (1.0: no gain; NCCL's kernels take SMs from the GEMM). On CPU (gloo) there are no streams: only the
 alone times are measured and `together_ms` is None.
 
-Implementations are engine.parallel.comm's (nccl, nccl-channels:N); the others it names are refused there.
+Implementations are engine.parallel.comm's (nccl, nccl-channels:N and the symmetric-memory ones, which need
+CUDA GPUs); the others it names are refused there.
 """
 
 from __future__ import annotations
@@ -50,13 +51,19 @@ def _rank(rank: int, tp: int, env: dict, device_type: str, sizes_mib, gemm_n: in
     g = init_group(device, env.get("NANOTUNE_ALLREDUCE", "nccl"))
     is_cuda = device.type == "cuda"
     dtype = torch.bfloat16 if is_cuda else torch.float32
+    g.reserve(max(sizes_mib) * 2**20 // dtype.itemsize, dtype, device)  # as the engine does before its steps
     a = torch.randn(gemm_n, gemm_n, device=device, dtype=dtype)
     b = torch.randn(gemm_n, gemm_n, device=device, dtype=dtype)
     gemm = lambda: torch.mm(a, b)
     gemm_ms = _time(gemm, is_cuda, repeats)
     rows = []
     for mib in sizes_mib:
-        x = torch.randn(mib * 2**20 // dtype.itemsize, device=device, dtype=dtype)
+        # correct first: rank r contributes r + 1 everywhere, so every element must read tp (tp + 1) / 2 (exact
+        # in bf16 at these sizes)
+        x = torch.full((mib * 2**20 // dtype.itemsize,), rank + 1.0, device=device, dtype=dtype)
+        g.all_reduce_(x)
+        correct = bool((x == tp * (tp + 1) / 2).all())
+        x.normal_()
         ar = lambda x=x: g.all_reduce_(x)
         ar_ms = _time(ar, is_cuda, repeats)
         together = None
@@ -71,7 +78,7 @@ def _rank(rank: int, tp: int, env: dict, device_type: str, sizes_mib, gemm_n: in
 
             together = _time(both, True, repeats)
         bus = 2 * (tp - 1) / tp * mib * 2**20 / (ar_ms * 1e-3) / 1e9
-        rows.append({"size_mib": mib, "allreduce_ms": ar_ms, "bus_gb_s": bus, "gemm_ms": gemm_ms,
+        rows.append({"size_mib": mib, "correct": correct, "allreduce_ms": ar_ms, "bus_gb_s": bus, "gemm_ms": gemm_ms,
                      "together_ms": together,
                      "overlap_work": (ar_ms + gemm_ms) / together if together else None})
     if rank == 0:
@@ -81,14 +88,16 @@ def _rank(rank: int, tp: int, env: dict, device_type: str, sizes_mib, gemm_n: in
 
 def measure_allreduce(tp: int, impl: str = "nccl", device_type: str = "cuda", sizes_mib=SIZES_MIB,
                       gemm_n: int | None = None, repeats: int = 20) -> dict:
-    """-> {"impl", "ranks", "gemm_n", "sizes": [per size: allreduce_ms, bus_gb_s, gemm_ms, together_ms,
-    overlap_work]}. Raises EngineConfigError for an implementation engine.parallel.comm refuses."""
+    """-> {"impl", "ranks", "gemm_n", "sizes": [per size: correct (rank 0's sum of known values), allreduce_ms,
+    bus_gb_s, gemm_ms, together_ms, overlap_work]}. Raises EngineConfigError for an implementation
+    engine.parallel.comm refuses (or one that needs CUDA on CPU)."""
     import socket
 
     import torch.multiprocessing as mp
 
-    from engine.parallel.comm import NO_MULTICAST_ENV, allreduce_env
+    from engine.parallel.comm import NO_MULTICAST_ENV, allreduce_env, check_impl
 
+    check_impl(impl, device_type)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

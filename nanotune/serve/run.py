@@ -4,7 +4,6 @@ background thread on a free port (tests and scripts that drive a server from the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 import threading
 from dataclasses import dataclass
@@ -14,13 +13,12 @@ from nanotune.errors import UserError
 from nanotune.serve.app import Server
 from nanotune.serve.text import load_tokenizer
 
-TP_FIELDS = ("tensor_parallel_size", "tp")  # what EngineConfig may call its tensor-parallel degree
-
 
 @dataclass(frozen=True)
 class ServeOptions:
     model: str
     tp: int = 1
+    allreduce: str = "nccl"  # EngineConfig.allreduce (tp > 1)
     plan: str | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -39,13 +37,10 @@ def engine_config(o: ServeOptions):
 
     kw = {k: v for k, v in (("max_num_batched_tokens", o.max_num_batched_tokens),
                             ("max_num_seqs", o.max_num_seqs), ("max_model_len", o.max_model_len)) if v}
-    names = {f.name for f in dataclasses.fields(EngineConfig)}
-    tp_field = next((n for n in TP_FIELDS if n in names), None)
-    if o.tp > 1:
-        if tp_field is None:
-            raise UserError(f"--tp {o.tp}: this engine has no tensor parallelism yet; serve with --tp 1")
-        kw[tp_field] = o.tp
-    return EngineConfig(model=o.model, device=o.device, dtype=o.dtype, plan=o.plan, seed=o.seed, **kw)
+    if o.allreduce != "nccl" and o.tp == 1:
+        raise UserError(f"--allreduce {o.allreduce}: only with --tp > 1 (one rank has no all-reduce)")
+    return EngineConfig(model=o.model, device=o.device, dtype=o.dtype, plan=o.plan, seed=o.seed, tp=o.tp,
+                        allreduce=o.allreduce, **kw)
 
 
 def build_server(o: ServeOptions, engine=None) -> Server:

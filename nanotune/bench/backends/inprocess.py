@@ -164,7 +164,7 @@ def load_engine_backend(kind: str, model: str, device: str, dtype: str | None, p
     eng = LLMEngine(cfg)
     info = {"device": device, "dtype": cfg.dtype, "kv_cache_dtype": cfg.kv_cache_dtype,
             "decode_kernel": cfg.decode_kernel, **plan_info(None if kind == "sequential" else plan),
-            **({"tp": cfg.tp} if cfg.tp > 1 else {})}
+            **({"tp": cfg.tp, "allreduce": cfg.allreduce} if cfg.tp > 1 else {})}
     if kind == "nanoflow" and not plan:
         info["plan_note"] = "no --plan given: the engine's default plan"
     return EngineBackend(eng, name=kind, info=info, owns_engine=True)
