@@ -4,8 +4,12 @@
 #   GPU=h200 OUT=/tmp/out bash scripts/gpu_round.sh STEP...
 # Steps: kerneltests, enginetests (pytest on the GPU), power (profile --quick --power-only),
 # readme (README's run command, 1,000 ShareGPT requests, with the power-aware bound), bound (power_bound.py),
-# tma (decode_tma_check.py), host (host_time.py), tp1 (tp_bench.py at --tp 1), serve (serve_vs_inprocess.py).
+# tma (decode_tma_check.py), host (host_time.py), tp1 (tp_bench.py at --tp 1), serve (serve_vs_inprocess.py);
+# on two GPUs: tp2tests (TP2 = TP1 tokens and exact sums for every all-reduce implementation), tp2 (tp_bench.py,
+# Llama-3-70B TP2, plans x traces x TP2_ALLREDUCE implementations, N_TP2 requests each).
 set -u
+# NVLink multicast stays off on the lent machines, in this shell and every process it starts
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 GPU=${GPU:-h200}
 OUT=${OUT:-/tmp/gpu-round}
 N_BOUND=${N_BOUND:-200}
@@ -63,6 +67,13 @@ for step in "$@"; do
       python -m nanotune profile --model llama-3-70b --tp 2 --quick --no-progress \
         --out "$REF/profile-llama-3-70b-tp2.json" > "$log" 2>&1; rc=$?
       tar czf "$OUT/tp2profile.tgz" "$REF"/profile-llama-3-70b-tp2* ;;
+    tp2tests)  # two GPUs: TP2 tokens = TP1 per plan and all-reduce implementation; each implementation's sums
+      python -m pytest -q -p no:cacheprovider -m gpu tests/test_tp_gpu.py > "$log" 2>&1; rc=$? ;;
+    tp2)  # two GPUs: Llama-3-70B TP2, sequential against nb2-ar, each all-reduce implementation (issue 15's script)
+      python scripts/tp_bench.py --model llama-3-70b --tp 2 --plans sequential,nb2-ar \
+        --traces constant:1024:512,sharegpt -n ${N_TP2:-300} --allreduce ${TP2_ALLREDUCE:-nccl,symm-mem-one-shot,copy-engine} \
+        --out "$OUT/tp2" > "$log" 2>&1; rc=$?
+      tar czf "$OUT/tp2.tgz" -C "$OUT" tp2 && rm -rf "$OUT/tp2" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
   echo "$step: exit $rc after $(( $(date +%s) - start )) s"
