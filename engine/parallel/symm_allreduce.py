@@ -37,8 +37,14 @@ class SymmAllReduce:
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError(f"allreduce '{self.impl}': a {numel}-element message outgrew the symmetric buffer "
                                "inside a CUDA graph capture (the runner reserves the workspace's rows first)")
+        import warnings
+
         import torch.distributed._symmetric_memory as symm_mem
 
+        if not symm_mem.is_symm_mem_enabled_for_group(self.group_name):
+            with warnings.catch_warnings():  # needed by older torch; newer ones do it themselves and warn
+                warnings.simplefilter("ignore", FutureWarning)
+                symm_mem.enable_symm_mem_for_group(self.group_name)
         self.buf = symm_mem.empty(numel, dtype=dtype, device=device)
         self.handle = symm_mem.rendezvous(self.buf, self.group_name)
         if self.impl == "copy-engine":
