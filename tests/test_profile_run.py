@@ -177,3 +177,33 @@ def test_a_failing_section_is_recorded_and_the_rest_written(monkeypatch, tmp_pat
     profile = load_profile(tmp_path)
     assert profile["partial"] is True and profile["ops"]["qkv"]["points"] and profile["micro_pair"]
     assert profile["errors"][0]["op"] == "section:interference" and "no streams today" in profile["errors"][0]["error"]
+
+
+def test_tp2_profile_times_the_allreduce_over_real_ranks(tmp_path):
+    """`profile --tp 2` where the ranks can run (here two gloo processes; on CUDA two GPUs): the all-reduce is
+    measured, checked and recorded per message size, the search reads it back, and no note says it is not."""
+    from nanotune.search.perfmodel import allreduce_ms
+    from nanotune.search.profiledata import load_profile as load_for_search
+
+    opts = ProfileOptions(model="tiny-llama-micro", tp=2, device="cpu", out=str(tmp_path), progress=False,
+                          plots=False, sections=("ops", "collectives"))
+    profile, run_dir = run_profile(opts)
+    assert profile["errors"] == [], profile["errors"]
+    ar = load_profile(run_dir / "profile.json")["collectives"]["all_reduce"]
+    assert ar["measured"] is True and ar["impl"] == "nccl" and ar["backend"] == "gloo" and ar["ranks"] == 2
+    assert "why" not in ar
+    assert [p["bytes"] for p in ar["points"]] == [2**16, 2**18] and all(p["ms"] > 0 for p in ar["points"])
+    assert all(p["together_ms"] is None for p in ar["points"])  # no streams off a GPU
+    assert not any("all-reduces after o_proj and down" in n for n in profile["notes"])
+    assert any(line.startswith("all-reduce over 2 ranks (nccl, gloo): 0.0625 MiB") for line in summary_lines(profile))
+    p = load_for_search(str(run_dir / "profile.json"))
+    tokens = 2**16 // ar["bytes_per_token"]
+    assert allreduce_ms(p, tokens) == pytest.approx(ar["points"][0]["ms"])
+
+
+def test_tp_profile_without_the_ranks_gpus_says_so(monkeypatch):
+    from nanotune.profile import collectives
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert collectives.peers_missing(2, "cuda") == "1 GPU(s) here, 2 ranks needed"
+    assert collectives.peers_missing(2, "cpu") is None

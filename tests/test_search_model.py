@@ -253,3 +253,33 @@ def test_plan_with_budget_on_other_ops_and_three_streams_simulates(tmp_path):
     plan.validate(num_sms=100)
     pred = sim(plan, p, DECODE_ONLY)
     assert pred.layers_ms > 36  # a 30-program budget slows the lone attention (no partner to overlap)
+
+
+def test_tp_allreduce_from_the_profiles_measured_points(tmp_path):
+    """A profile that timed the all-reduce over real ranks: its times interpolated by message bytes replace the
+    ring estimate, and its all-reduce x GEMM point gives the collective's slowdown beside other kernels."""
+    from nanotune.search.perfmodel import allreduce_ms
+    from nanotune.search.profiledata import DEFAULT_COMM_SLOWDOWN
+
+    d = toy_profile_dict(tp=2)
+    ring = load_profile(write(tmp_path, d, "ring.json"))
+    row = 2 * 64  # bytes per token: bf16 rows of hidden 64
+    # 64 and 6,400 tokens: 0.05 ms and 0.2 ms; beside a 1 ms GEMM they took 1.02 and 1.1 ms together
+    d["collectives"]["all_reduce"].update(measured=True, impl="nccl", gemm_n=1024, points=[
+        {"bytes": 64 * row, "ms": 0.05, "gemm_ms": 1.0, "together_ms": 1.02, "overlap_work": 1.05 / 1.02},
+        {"bytes": 6400 * row, "ms": 0.2, "gemm_ms": 1.0, "together_ms": 1.1, "overlap_work": 1.2 / 1.1}])
+    meas = load_profile(write(tmp_path, d, "measured.json"))
+    assert allreduce_ms(meas, 64) == pytest.approx(0.05) and allreduce_ms(meas, 6400) == pytest.approx(0.2)
+    assert allreduce_ms(meas, 640) == pytest.approx(interp_loglog([(64 * row, 0.05), (6400 * row, 0.2)], 640 * row))
+    assert allreduce_ms(meas, 32) == pytest.approx(0.05)  # below the smallest: its latency
+    assert allreduce_ms(meas, 12800) == pytest.approx(0.4)  # above the largest: at its bandwidth
+    assert allreduce_ms(ring, 64) != pytest.approx(allreduce_ms(meas, 64))
+    # beside the collective: s = (T - A + B) / B with A the longer alone time, B the shorter
+    near_small = meas.slowdown("all_reduce", {"tokens": 50}, None, "gate_up", {"tokens": 50}, None)
+    near_large = meas.slowdown("gate_up", {"tokens": 50}, None, "all_reduce", {"tokens": 5000}, None)
+    assert near_small == pytest.approx((1.02 - 1.0 + 0.05) / 0.05)
+    assert near_large == pytest.approx((1.1 - 1.0 + 0.2) / 0.2)
+    assert ring.slowdown("all_reduce", {"tokens": 50}, None, "gate_up", {"tokens": 50}, None) == DEFAULT_COMM_SLOWDOWN
+    nb = nano_batch_plan(2, align=1)
+    with_ring = sim(nb, ring, DECODE_ONLY, "overlap").layers_ms
+    assert sim(nb, meas, DECODE_ONLY, "overlap").layers_ms != pytest.approx(with_ring)

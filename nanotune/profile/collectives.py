@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 SIZES_MIB = (1, 8, 32, 128)
+# what `nanotune profile --tp N` times: a Llama-70B row is 16 KiB of bf16, so 1/16 MiB .. 64 MiB spans 4 to 4,096
+# rows (a decode step's few sequences up to a full dense batch)
+PROFILE_SIZES_MIB = (1 / 16, 1 / 4, 1, 4, 16, 64)
 
 
 def _time(fn, is_cuda: bool, repeats: int) -> float:
@@ -51,7 +54,7 @@ def _rank(rank: int, tp: int, env: dict, device_type: str, sizes_mib, gemm_n: in
     g = init_group(device, env.get("NANOTUNE_ALLREDUCE", "nccl"))
     is_cuda = device.type == "cuda"
     dtype = torch.bfloat16 if is_cuda else torch.float32
-    g.reserve(max(sizes_mib) * 2**20 // dtype.itemsize, dtype, device)  # as the engine does before its steps
+    g.reserve(int(max(sizes_mib) * 2**20) // dtype.itemsize, dtype, device)  # as the engine does before its steps
     a = torch.randn(gemm_n, gemm_n, device=device, dtype=dtype)
     b = torch.randn(gemm_n, gemm_n, device=device, dtype=dtype)
     gemm = lambda: torch.mm(a, b)
@@ -60,7 +63,7 @@ def _rank(rank: int, tp: int, env: dict, device_type: str, sizes_mib, gemm_n: in
     for mib in sizes_mib:
         # correct first: rank r contributes r + 1 everywhere, so every element must read tp (tp + 1) / 2 (exact
         # in bf16 at these sizes)
-        x = torch.full((mib * 2**20 // dtype.itemsize,), rank + 1.0, device=device, dtype=dtype)
+        x = torch.full((int(mib * 2**20) // dtype.itemsize,), rank + 1.0, device=device, dtype=dtype)
         g.all_reduce_(x)
         correct = bool((x == tp * (tp + 1) / 2).all())
         x.normal_()
@@ -78,7 +81,8 @@ def _rank(rank: int, tp: int, env: dict, device_type: str, sizes_mib, gemm_n: in
 
             together = _time(both, True, repeats)
         bus = 2 * (tp - 1) / tp * mib * 2**20 / (ar_ms * 1e-3) / 1e9
-        rows.append({"size_mib": mib, "correct": correct, "allreduce_ms": ar_ms, "bus_gb_s": bus, "gemm_ms": gemm_ms,
+        rows.append({"size_mib": mib, "bytes": x.numel() * dtype.itemsize, "correct": correct,
+                     "allreduce_ms": ar_ms, "bus_gb_s": bus, "gemm_ms": gemm_ms,
                      "together_ms": together,
                      "overlap_work": (ar_ms + gemm_ms) / together if together else None})
     if rank == 0:
@@ -88,9 +92,9 @@ def _rank(rank: int, tp: int, env: dict, device_type: str, sizes_mib, gemm_n: in
 
 def measure_allreduce(tp: int, impl: str = "nccl", device_type: str = "cuda", sizes_mib=SIZES_MIB,
                       gemm_n: int | None = None, repeats: int = 20) -> dict:
-    """-> {"impl", "ranks", "gemm_n", "sizes": [per size: correct (rank 0's sum of known values), allreduce_ms,
-    bus_gb_s, gemm_ms, together_ms, overlap_work]}. Raises EngineConfigError for an implementation
-    engine.parallel.comm refuses (or one that needs CUDA on CPU)."""
+    """-> {"impl", "backend" (the process group's), "ranks", "gemm_n", "sizes": [per size: size_mib, bytes,
+    correct (rank 0's sum of known values), allreduce_ms, bus_gb_s, gemm_ms, together_ms, overlap_work]}.
+    Raises EngineConfigError for an implementation engine.parallel.comm refuses (or one that needs CUDA on CPU)."""
     import socket
 
     import torch.multiprocessing as mp
@@ -107,4 +111,27 @@ def measure_allreduce(tp: int, impl: str = "nccl", device_type: str = "cuda", si
     out = Path(tempfile.mkdtemp(prefix="nanotune-ar-")) / "rank0.json"
     mp.start_processes(_rank, args=(tp, env, device_type, tuple(sizes_mib), gemm_n, repeats, str(out)),
                        nprocs=tp, start_method="spawn")
-    return {"impl": impl, "ranks": tp, "gemm_n": gemm_n, "sizes": json.loads(out.read_text())}
+    return {"impl": impl, "backend": "nccl" if device_type == "cuda" else "gloo", "ranks": tp, "gemm_n": gemm_n,
+            "sizes": json.loads(out.read_text())}
+
+
+def peers_missing(tp: int, device_type: str) -> str | None:
+    """Why the all-reduce cannot be timed over real ranks here, or None: on CUDA each rank needs a GPU of its
+    own; on CPU the ranks are gloo processes (a code-path check, the times say nothing about a GPU)."""
+    if device_type != "cuda":
+        return None
+    import torch
+
+    n = torch.cuda.device_count()
+    return None if n >= tp else f"{n} GPU(s) here, {tp} ranks needed"
+
+
+def profile_entry(listed: dict, m: dict) -> dict:
+    """The profile's all_reduce entry (nanotune.profile.ops.collectives) with measure_allreduce's result: one
+    point per message size, which the search's performance model interpolates by bytes."""
+    entry = {k: v for k, v in listed.items() if k != "why"}
+    entry.update(measured=True, impl=m["impl"], backend=m["backend"], gemm_n=m["gemm_n"],
+                 points=[{"bytes": r["bytes"], "ms": r["allreduce_ms"], "bus_gb_s": r["bus_gb_s"],
+                          "gemm_ms": r["gemm_ms"], "together_ms": r["together_ms"],
+                          "overlap_work": r["overlap_work"]} for r in m["sizes"]])
+    return entry

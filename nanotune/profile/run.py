@@ -136,10 +136,13 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
                          quick_grid(gpu["num_sms"]) if opts.quick else default_grid(gpu["num_sms"]))
     run_dir, file = output_paths(opts, cfg.name)
     notes = list(STATIC_NOTES) + list(grid.notes)
-    if sh.tp > 1:
+    from nanotune.profile.collectives import peers_missing
+
+    no_peers = peers_missing(sh.tp, device.type) if sh.tp > 1 else None
+    if no_peers:
         notes.append(f"tp {sh.tp}: shard shapes measured on one GPU; the all-reduces after o_proj and down are "
-                     "listed under collectives but not measured by this one-GPU profile (scripts/tp_bench.py "
-                     "times the all-reduce over real ranks)")
+                     f"listed under collectives but not measured ({no_peers}; scripts/tp_bench.py and a profile "
+                     "on a machine with the GPUs time it over real ranks)")
     if device.type != "cuda":
         notes.append("device cpu: a code-path check with the torch reference kernels; the times say nothing "
                      "about any GPU, and interference ran each pair one op after the other (no streams)")
@@ -159,6 +162,18 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
     def peaks():
         profile["peaks"] = measure_peaks(device, timer, grid)
         steps.done("peaks", f"{profile['peaks']['bf16_tflops']:.1f} TFLOP/s, {profile['peaks']['copy_gb_s']:.0f} GB/s")
+
+    def comm():  # before the rig: the ranks' GPUs are still empty
+        from nanotune.profile.collectives import PROFILE_SIZES_MIB, measure_allreduce, profile_entry
+
+        sizes = PROFILE_SIZES_MIB if device.type == "cuda" else PROFILE_SIZES_MIB[:2]
+        steps.start("all-reduce", 1)
+        m = measure_allreduce(sh.tp, "nccl", device.type, sizes, repeats=10 if opts.quick else 20)
+        wrong = [r["size_mib"] for r in m["sizes"] if not r["correct"]]
+        if wrong:
+            raise RuntimeError(f"all-reduce over {sh.tp} ranks summed wrongly at {wrong} MiB: not recorded")
+        profile["collectives"]["all_reduce"] = profile_entry(profile["collectives"]["all_reduce"], m)
+        steps.advance("all-reduce")
 
     def build():
         if device.type == "cuda":
@@ -198,10 +213,12 @@ def run_profile(opts: ProfileOptions, console=None) -> tuple[dict, Path]:
     with NvmlSampler(device.index or 0) as nv, Steps(console, opts.progress) as steps:
         try:
             ok = True
-            for name, fn in (("peaks", peaks), ("build", build), ("ops", alone), ("interference", pairs),
+            comm_section = [("collectives", comm)] if sh.tp > 1 and not no_peers else []
+            for name, fn in (("peaks", peaks), *comm_section, ("build", build), ("ops", alone),
+                             ("interference", pairs),
                              ("micro_pair", micro), ("launch", launch),
                              ("sustained", sustained), ("power", power)):
-                if name not in ("peaks", "build") and "rig" not in state:
+                if name not in ("peaks", "collectives", "build") and "rig" not in state:
                     break  # nothing to measure on without the model
                 if opts.sections is not None and name not in ("peaks", "build") and name not in opts.sections:
                     continue

@@ -56,7 +56,10 @@ Layout (JSON object; times in milliseconds; sm_budget null = the op's full grid 
         null (sustained.py: a layer replayed back to back for seconds; the model holds it against the sum of
         its ops' alone times; no points off a GPU; optional like "launch")
   "collectives": {} at tp 1, else {"all_reduce": {"after", "per_layer", "bytes_per_token", "ranks",
-        "measured": false, "why"}}
+        "measured": false, "why"}} on a machine without the ranks' GPUs, or with "measured": true, "impl",
+        "backend", "gemm_n" and "points": [{"bytes", "ms", "bus_gb_s", "gemm_ms", "together_ms", "overlap_work"}]
+        (collectives.py: over real ranks, each size alone and beside a gemm_n^3 GEMM; together and overlap null
+        off a GPU)
   "nvml": {"available": bool, ...}  (nvml.summarize_samples); "throttled": bool (false when NVML was
         unavailable: then nvml.available is false and a note says throttling is unknown)
   "errors": [{"op", "point", "sm_budget", "error"}]   points that failed and were left out ("op":
@@ -210,7 +213,12 @@ def validate_profile(data, where: str = "profile") -> None:
     power = data.get("power")
     if power is not None:
         _check_power(power, where)
-    _need(data, "collectives", dict, where, "collectives")
+    coll = _need(data, "collectives", dict, where, "collectives")
+    for i, p in enumerate((coll.get("all_reduce") or {}).get("points") or []):
+        if not isinstance(p, dict):
+            _fail(where, f"collectives.all_reduce.points[{i}]", "expected an object")
+        _positive(p, "bytes", where, f"collectives.all_reduce.points[{i}].bytes")
+        _positive(p, "ms", where, f"collectives.all_reduce.points[{i}].ms")
     _need(data, "nvml", dict, where, "nvml")
     _need(data, "throttled", bool, where, "throttled")
     notes = _need(data, "notes", list, where, "notes")

@@ -93,6 +93,13 @@ def summary_lines(profile: dict) -> list[str]:
     if profile.get("kv_cache_dtype"):  # profiles before the field: not said (they were all "auto")
         lines.append(f"KV cache: {profile['kv_cache_dtype']} ({profile.get('kv_element_bytes', '?')} B per element); "
                      "attention and rope_kv ran over it")
+    ar = (profile.get("collectives") or {}).get("all_reduce") or {}
+    if ar.get("points"):
+        sizes = ", ".join(f"{p['bytes'] / 2**20:g} MiB {p['ms']:.3f} ms ({p['bus_gb_s']:.0f} GB/s)"
+                          for p in ar["points"])
+        work = [p["overlap_work"] for p in ar["points"] if p.get("overlap_work")]
+        lines.append(f"all-reduce over {ar['ranks']} ranks ({ar['impl']}, {ar['backend']}): {sizes}"
+                     + (f"; beside a GEMM {min(work):.2f}-{max(work):.2f}x the work of back to back" if work else ""))
     dec = [r for r in profile.get("interference", []) if r["b"] == "decode_attn"]
     if dec:
         err = [r["error_vs_predicted"] for r in dec]

@@ -47,7 +47,10 @@ def model_notes(ctx, composition: str) -> list[str]:
         _sustained_note(ctx.profile),
         f"interference: pairs the profile did not measure (same ops or same kinds) take a slowdown of "
         f"{profiledata.DEFAULT_SLOWDOWN} each: overlap gains nothing over back to back (plain-stream pairs "
-        f"measured about that on an H200); collectives {profiledata.DEFAULT_COMM_SLOWDOWN}",
+        f"measured about that on an H200); collectives "
+        + ("from the profile's all-reduce beside a GEMM" if any(p.get("together_ms") for p in
+                                                                ctx.profile.allreduce_points)
+           else str(profiledata.DEFAULT_COMM_SLOWDOWN)),
         "lm_head + sampling: estimated from the profile's peaks (not a layer op; not profiled)",
         "not modelled: host time (async scheduling overlaps it with the GPU; validation reports the share of "
         "steps it paced), stream priorities",
@@ -56,9 +59,12 @@ def model_notes(ctx, composition: str) -> list[str]:
         notes.append("batch composition: the steady state of an endless supply of the workload's requests; a "
                      "finite offline run also ramps up and drains (validation replays the real scheduler)")
     if ctx.tp > 1:
-        notes.append(f"TP {ctx.tp}: all-reduce after o_proj and down estimated as a ring over "
-                     f"{perfmodel.ALLREDUCE_BUS_GB_S:g} GB/s (profiles cannot time it without peers); the tuned "
-                     "plan runs each all-reduce right after its GEMM (the modelled placement is in its meta)")
+        how = (f"interpolated from the profile's all-reduce over {ctx.tp} real ranks "
+               f"({len(ctx.profile.allreduce_curve)} message sizes)" if ctx.profile.allreduce_curve else
+               f"estimated as a ring over {perfmodel.ALLREDUCE_BUS_GB_S:g} GB/s (this profile did not time it: "
+               "it ran without the ranks' GPUs)")
+        notes.append(f"TP {ctx.tp}: all-reduce after o_proj and down {how}; the tuned plan runs each all-reduce "
+                     "right after its GEMM (the modelled placement is in its meta)")
     return notes
 
 

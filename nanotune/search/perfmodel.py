@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from engine.plan import COLLECTIVE_OPS, PipelinePlan
+from nanotune.search.interp import interp_loglog
 from nanotune.search.profiledata import Profile
 
 COLLECTIVES = ("inline", "overlap")
@@ -137,12 +138,16 @@ def graph_padded(batch: BatchShape, max_tokens: int, max_num_seqs: int) -> Batch
 
 
 def allreduce_ms(profile: Profile, tokens: int) -> float:
-    """Ring all-reduce of `tokens` rows: 2 (tp - 1) / tp of the bytes over the bus bandwidth, plus latency."""
+    """The all-reduce of `tokens` rows: the profile's measured times interpolated by message bytes when it
+    timed the all-reduce over real ranks; else a ring's 2 (tp - 1) / tp of the bytes over ALLREDUCE_BUS_GB_S,
+    plus latency."""
     if tokens <= 0:
         return 0.0
     tp = profile.tp
-    per_token = (profile.data.get("collectives") or {}).get("all_reduce", {}).get("bytes_per_token")
-    bytes_ = tokens * (per_token or profile.shapes["hidden"] * 2)
+    entry = (profile.data.get("collectives") or {}).get("all_reduce", {})
+    bytes_ = tokens * (entry.get("bytes_per_token") or profile.shapes["hidden"] * 2)
+    if profile.allreduce_curve:
+        return interp_loglog(profile.allreduce_curve, bytes_)
     return ALLREDUCE_LATENCY_MS + 2 * (tp - 1) / tp * bytes_ / (ALLREDUCE_BUS_GB_S * 1e6)
 
 

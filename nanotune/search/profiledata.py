@@ -100,6 +100,32 @@ class Profile:
     def peaks(self) -> dict:
         return self.data.get("peaks", {})
 
+    @property
+    def allreduce_points(self) -> list[dict]:
+        """The all-reduce timed over real ranks (profile collectives.all_reduce.points); [] when not measured."""
+        return list(((self.data.get("collectives") or {}).get("all_reduce") or {}).get("points") or [])
+
+    @property
+    def allreduce_curve(self) -> list[tuple[float, float]]:
+        """Sorted (message bytes, ms) of the measured all-reduce; [] when not measured."""
+        return curve([(p["bytes"], p["ms"]) for p in self.allreduce_points])
+
+    def comm_slowdown(self, comm_point: dict) -> float | None:
+        """The slowdown of an all-reduce and the kernel beside it, from the profile's all-reduce x GEMM
+        measurement at the size nearest this message; None when not measured concurrently.
+
+        Both are taken to slow by one factor s while they overlap: with A the longer alone time, B the shorter
+        and T the two together, the shorter one runs B s, the longer does B of its work meanwhile and the rest
+        alone, so T = B s + (A - B) and s = (T - A + B) / B."""
+        pts = [p for p in self.allreduce_points if p.get("together_ms")]
+        if not pts:
+            return None
+        entry = (self.data.get("collectives") or {}).get("all_reduce") or {}
+        size = float(comm_point.get("tokens", 0)) * float(entry.get("bytes_per_token") or 2 * self.shapes["hidden"])
+        p = min(pts, key=lambda q: abs(math.log(max(size, 1.0) / q["bytes"])))
+        a, b = max(p["ms"], p["gemm_ms"]), min(p["ms"], p["gemm_ms"])
+        return max(1.0, (float(p["together_ms"]) - a + b) / b) if b > 0 else None
+
     def has_op(self, op: str) -> bool:
         return bool(self.data.get("ops", {}).get(op, {}).get("points"))
 
@@ -218,8 +244,10 @@ class Profile:
                     best, best_d = float(cand[4]), d
             if best is not None:
                 return max(best, 1e-3)
-        comm = "comm" in (self.kind(a), self.kind(b))
-        return DEFAULT_COMM_SLOWDOWN if comm else DEFAULT_SLOWDOWN
+        if self.kind(a) == "comm" or self.kind(b) == "comm":
+            measured = self.comm_slowdown(a_point if self.kind(a) == "comm" else b_point)
+            return measured if measured is not None else DEFAULT_COMM_SLOWDOWN
+        return DEFAULT_SLOWDOWN
 
     def _budget_distance(self, q: int | None, e: int | None) -> float:
         # a budget-confined kernel interferes less: a mismatch in budget weighs as much as one in size
