@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import signal
+import sys
 import threading
 
 import click
@@ -19,17 +20,30 @@ class StopSignals:
         self.received: list[int] = []
         self.on_repeat = on_repeat or (lambda signum: None)
         self._old: dict = {}
+        self._old_unraisable = None
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in EXIT_CODES:
                 self._old[sig] = signal.signal(sig, self._handle)
+            self._old_unraisable, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old = {}
+        if self._old_unraisable is not None:
+            sys.unraisablehook, self._old_unraisable = self._old_unraisable, None
+
+    def _unraisable(self, unraisable) -> None:
+        """The stop signal's KeyboardInterrupt raised inside a finalizer or weakref callback (a library's
+        cleanup that happened to run then) cannot propagate; Python would print its traceback. The stop is
+        already recorded (`stopped`, which the drivers also poll), so it is dropped; anything else is reported
+        as before."""
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.received:
+            return
+        (self._old_unraisable or sys.__unraisablehook__)(unraisable)
 
     def _handle(self, signum, frame) -> None:
         self.received.append(signum)

@@ -92,3 +92,30 @@ def test_study_stops_on_the_flag_even_when_the_interrupt_is_swallowed():
     objective.ctx = types.SimpleNamespace(objective="throughput")
     run_study(study, objective, n_trials=100_000, timeout=None, progress=False, should_stop=lambda: len(calls) >= 3)
     assert len(study.trials) == 3
+
+
+def test_the_stop_interrupt_raised_in_a_finalizer_prints_no_traceback(monkeypatch):
+    """After a stop signal, its KeyboardInterrupt landing in a finalizer or weakref callback (seen in CI: in
+    sqlalchemy's cleanup during a search) is dropped instead of printed as "Exception ignored ... Traceback";
+    any other unraisable error still reaches the previous hook, and the hook comes back afterwards."""
+    import sys
+
+    from nanotune.signals import StopSignals
+
+    seen = []
+    recorder = lambda u: seen.append(type(u.exc_value).__name__)  # noqa: E731
+    monkeypatch.setattr(sys, "unraisablehook", recorder)
+
+    class Finalizer:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    with StopSignals() as stop:
+        Finalizer(KeyboardInterrupt())  # before any signal: reported as usual
+        stop.received.append(signal.SIGINT)  # what the handler records on the first signal
+        Finalizer(KeyboardInterrupt())
+        Finalizer(ValueError("other"))
+    assert seen == ["KeyboardInterrupt", "ValueError"] and sys.unraisablehook is recorder
