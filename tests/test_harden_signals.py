@@ -58,7 +58,7 @@ def test_bench_signals_write_the_partial_run(tmp_path, signals, code):
 def test_search_interrupted_writes_what_it_has_and_says_how_to_resume(tmp_path):
     proc = start(["search", "--gpu", "h200", "--model", "llama-3-8b", "--n-trials", "100000", "-n", "100",
                   "--no-progress", "--study", "stopme"], tmp_path)
-    wait_for(proc, "profile:")
+    wait_for(proc, "study stopme:")  # the trials start now (loading the workload can take seconds)
     time.sleep(3.0)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)

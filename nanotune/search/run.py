@@ -190,6 +190,8 @@ def search(cfg: SearchConfig, log=print) -> tuple[dict, object]:
     with storage_errors(storage):
         study = open_study(name, storage, cfg.objective, cfg.seed, cfg.resume, info["identity"], cfg.tp,
                            constrained=cfg.tpot_limit_ms is not None, search_seqs=cfg.max_num_seqs is None)
+    limits = [f"{cfg.n_trials:,} trials" if cfg.n_trials else "", f"{cfg.timeout_s:g} s" if cfg.timeout_s else ""]
+    log(f"study {name}: {' or '.join(x for x in limits if x)} (Ctrl-C stops it and writes what finished)")
     with StopSignals(on_repeat=lambda sig: log("already stopping: writing what the study finished")) as stop:
         try:
             return _finish(cfg, ctx, info, study, name, storage, stop, t_start, log)
