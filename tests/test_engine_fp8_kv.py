@@ -8,9 +8,9 @@ greedy tokens that agree before the first divergence (once one differs, the cont
 
 import pytest
 import torch
-from hf_reference import VARIANTS, save_tiny_checkpoint
+from hf_reference import VARIANTS, generate_with_logits, save_tiny_checkpoint
 
-from engine import EngineConfig, LLMEngine, SamplingParams
+from engine import EngineConfig, LLMEngine
 from engine.errors import EngineConfigError
 
 pytest.importorskip("transformers")
@@ -20,13 +20,8 @@ STEPS = 24
 
 def run(model, prompts, max_model_len=256, **kw):
     eng = LLMEngine(EngineConfig(model=model, keep_logits=True, max_model_len=max_model_len, **kw))
-    ids = [eng.add_request(p, SamplingParams(max_tokens=STEPS, ignore_eos=True)) for p in prompts]
-    tokens, logits = {i: [] for i in ids}, {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            tokens[o.request_id] += o.new_token_ids
-            logits[o.request_id].append(eng.last_logits[o.request_id].float().cpu())
-    return eng, [tokens[i] for i in ids], [logits[i] for i in ids]
+    _, tokens, logits = generate_with_logits(eng, prompts, STEPS)
+    return eng, tokens, [[x.float().cpu() for x in steps] for steps in logits]
 
 
 def compare(base, fp8) -> dict:

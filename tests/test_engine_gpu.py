@@ -6,8 +6,9 @@ nano-batch plan against the sequential plan.
 
 import pytest
 import torch
+from hf_reference import generate_with_logits
 
-from engine import EngineConfig, LLMEngine, SamplingParams
+from engine import EngineConfig, LLMEngine
 from engine.plan_library import nano_batch_plan
 
 pytestmark = [pytest.mark.gpu,
@@ -29,13 +30,8 @@ def run(prompts, **cfg):
     eng = LLMEngine(EngineConfig(device="cuda", keep_logits=True, poison_kv_cache=True, max_model_len=512,
                                  **cfg))
     LAST["engine"] = eng
-    ids = [eng.add_request(p, SamplingParams(max_tokens=STEPS, ignore_eos=True)) for p in prompts]
-    toks, logits = {i: [] for i in ids}, {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            toks[o.request_id] += o.new_token_ids
-            logits[o.request_id].append(eng.last_logits[o.request_id].float().cpu())
-    return [toks[i] for i in ids], [torch.stack(logits[i]) for i in ids]
+    _, toks, logits = generate_with_logits(eng, prompts, STEPS)
+    return toks, [torch.stack([x.float().cpu() for x in steps]) for steps in logits]
 
 
 def prompts(vocab, lens=(3, 17, 40, 64, 130), seed=1):

@@ -15,18 +15,15 @@ CASES = [("mistral", "window_8"), ("mistral", "window_19"), ("qwen2", "sliding_u
 
 
 def _run(path, prompts, **cfg):
-    from engine import EngineConfig, LLMEngine, SamplingParams
+    from hf_reference import generate_with_logits
+
+    from engine import EngineConfig, LLMEngine
 
     eng = LLMEngine(EngineConfig(model=str(path), device="cuda", dtype="float32", keep_logits=True,
                                  poison_kv_cache=True, max_model_len=512, max_num_seqs=16, num_kv_blocks=256,
                                  max_num_batched_tokens=64, **cfg))
-    ids = [eng.add_request(p, SamplingParams(max_tokens=STEPS, ignore_eos=True)) for p in prompts]
-    toks, logits = {i: [] for i in ids}, {i: [] for i in ids}
-    while eng.has_unfinished():
-        for o in eng.step():
-            toks[o.request_id] += o.new_token_ids
-            logits[o.request_id].append(eng.last_logits[o.request_id].float().cpu())
-    return [toks[i] for i in ids], [logits[i] for i in ids]
+    _, toks, logits = generate_with_logits(eng, prompts, STEPS)
+    return toks, [[x.float().cpu() for x in steps] for steps in logits]
 
 
 @pytest.mark.parametrize("arch,name", CASES, ids=[f"{a}-{n}" for a, n in CASES])
