@@ -4,7 +4,7 @@
 #   GPU=h200 OUT=/tmp/out bash scripts/gpu_round.sh STEP...
 # Steps: kerneltests, enginetests (pytest on the GPU), power (profile --quick --power-only),
 # readme (README's run command, 1,000 ShareGPT requests, with the power-aware bound), bound (power_bound.py),
-# tma (decode_tma_check.py), host (host_time.py), tp1 (tp_bench.py at --tp 1), serve (serve_vs_inprocess.py);
+# tma (decode_tma_check.py), fp8profile (profile --quick --kv-cache-dtype fp8), host (host_time.py), tp1 (tp_bench.py at --tp 1), serve (serve_vs_inprocess.py);
 # on two GPUs: tp2tests (TP2 = TP1 tokens and exact sums for every all-reduce implementation), tp2 (tp_bench.py,
 # Llama-3-70B TP2, plans x traces x TP2_ALLREDUCE implementations, N_TP2 requests each).
 set -u
@@ -67,6 +67,9 @@ for step in "$@"; do
       python -m nanotune profile --model llama-3-70b --tp 2 --quick --no-progress \
         --out "$REF/profile-llama-3-70b-tp2.json" > "$log" 2>&1; rc=$?
       tar czf "$OUT/tp2profile.tgz" "$REF"/profile-llama-3-70b-tp2* ;;
+    fp8profile)  # the quick profile over the engine's fp8 KV cache (issue 16: the profile's fp8 path on a GPU)
+      python -m nanotune profile --model llama-3-8b --quick --kv-cache-dtype fp8 --no-progress \
+        --out "$OUT/profile-llama-3-8b-tp1-fp8.json" > "$log" 2>&1; rc=$? ;;
     tp2tests)  # two GPUs: TP2 tokens = TP1 per plan and all-reduce implementation; each implementation's sums
       python -m pytest -q -p no:cacheprovider -m gpu tests/test_tp_gpu.py > "$log" 2>&1; rc=$? ;;
     tp2)  # two GPUs: Llama-3-70B TP2, sequential against nb2-ar, each all-reduce implementation (issue 15's script)
