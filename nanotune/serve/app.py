@@ -179,6 +179,12 @@ class _Run:
         self.last_t: float | None = None
         self.detok = Detokenizer(server.tokenizer, req.stop)
         self.finish_reason: str | None = None
+        self.created = int(time.time())  # one stamp for the whole answer, every chunk of a stream included
+        # A stream's chunks differ only in their text while the request runs: the rest of the JSON is made
+        # once (the server writes one chunk per stream per engine step, so this is its busiest line)
+        head = json.dumps(self.envelope([], True))[:-2]  # '{..., "choices": ['
+        self._mid_chunk = (f"data: {head}{{\"index\": 0, " + ('"delta": {"content": ' if is_chat else '"text": '),
+                           ("}" if is_chat else "") + ', "logprobs": null, "finish_reason": null}]}\n\n')
 
     def take(self, ev: EngineEvent) -> str:
         """Account one engine event; returns the text it adds. Ends the request at a stop string."""
@@ -210,7 +216,7 @@ class _Run:
     def envelope(self, choices: list[dict], is_chunk: bool) -> dict:
         kind = ("chat.completion" if self.is_chat else "text_completion") + (".chunk" if is_chunk and self.is_chat
                                                                              else "")
-        return {"id": self.rid, "object": kind, "created": int(time.time()), "model": self.server.model_name,
+        return {"id": self.rid, "object": kind, "created": self.created, "model": self.server.model_name,
                 "choices": choices}
 
     def choice(self, text: str, is_chunk: bool, is_first: bool = False) -> dict:
@@ -232,25 +238,40 @@ class _Run:
         return web.json_response({**self.envelope([self.choice("".join(parts), False)], False),
                                   "usage": self.usage()})
 
+    def chunk(self, text: str, is_first: bool) -> bytes:
+        """One SSE event carrying `text` (the JSON of envelope(choice(text, True, is_first)))."""
+        if self.finish_reason is None and not (is_first and self.is_chat):
+            head, tail = self._mid_chunk
+            return f"{head}{json.dumps(text)}{tail}".encode()
+        return f"data: {json.dumps(self.envelope([self.choice(text, True, is_first)], True))}\n\n".encode()
+
     async def stream(self, request: web.Request, events: asyncio.Queue) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        send = lambda obj: resp.write(f"data: {json.dumps(obj)}\n\n".encode())
         is_first = True
         ev = await events.get()
         while True:
-            if ev.error:  # headers are out: the error goes in the stream, as OpenAI's servers do
-                await send({"error": {"message": ev.error, "type": "server_error", "param": None, "code": 500}})
-                break
-            text = self.take(ev)
-            if ev.token_ids or self.finish_reason:  # one chunk per token: a client counts chunks as tokens
-                await send(self.envelope([self.choice(text, True, is_first)], True))
-                is_first = False
-            if self.finish_reason:
+            # every event already queued goes out in one write (one chunk per token still: a client counts
+            # chunks as tokens); when the server keeps up that is one event, when it falls behind it catches up
+            parts = []
+            while True:
+                if ev.error:  # headers are out: the error goes in the stream, as OpenAI's servers do
+                    err = {"error": {"message": ev.error, "type": "server_error", "param": None, "code": 500}}
+                    parts.append(f"data: {json.dumps(err)}\n\n".encode())
+                    break
+                text = self.take(ev)
+                if ev.token_ids or self.finish_reason:
+                    parts.append(self.chunk(text, is_first))
+                    is_first = False
+                if self.finish_reason or events.empty():
+                    break
+                ev = events.get_nowait()
+            await resp.write(b"".join(parts))
+            if ev.error or self.finish_reason:
                 break
             ev = await events.get()
         if self.req.include_usage:
-            await send({**self.envelope([], True), "usage": self.usage()})
+            await resp.write(f"data: {json.dumps({**self.envelope([], True), 'usage': self.usage()})}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

@@ -1,5 +1,7 @@
 """Any OpenAI-compatible server (vLLM, SGLang, TensorRT-LLM, `nanotune serve`) as a benchmark backend, on
-httpx's asyncio client.
+aiohttp's asyncio client (as vLLM's `bench serve` uses: its C HTTP parser keeps one client thread ahead of a
+few hundred streams at a token per stream per step, where httpx's pure-Python HTTP stack was the client's
+bottleneck; the sync one-off calls, /v1/models, stay on httpx).
 
 Each request is a streamed `POST /v1/completions` (token-id prompt, or text when a tokenizer is given) or
 `POST /v1/chat/completions` (`--endpoint-type chat`: one user message of text), with `max_tokens` =
@@ -26,6 +28,7 @@ import queue
 import threading
 import urllib.parse
 
+import aiohttp
 import httpx
 
 from nanotune.bench.backends.base import Backend
@@ -34,6 +37,7 @@ from nanotune.bench.records import BenchRequest, RequestRecord
 ENDPOINT_TYPES = ("completions", "chat")
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 CONNECT_TIMEOUT_S = 30.0
+READ_BUFFER_BYTES = 1 << 20  # the longest SSE line read whole (aiohttp's default, 64 KiB, fails longer ones)
 
 
 class StreamError(Exception):
@@ -110,7 +114,7 @@ class EndpointBackend(Backend):
         self.ignore_eos = ignore_eos
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                         **auth_headers(api_key)}
-        self._limits = httpx.Limits(max_connections=max_workers, max_keepalive_connections=max_workers)
+        self._max_connections = max_workers or 0  # aiohttp: 0 = no limit
         self._ended: queue.Queue[RequestRecord] = queue.Queue()
         self._tasks: set[asyncio.Task] = set()
         self._num_inflight = 0
@@ -121,9 +125,11 @@ class EndpointBackend(Backend):
         # made now (its SSL context takes a while), on the loop that will use it
         self._client = asyncio.run_coroutine_threadsafe(self._make_client(), self._loop).result(60)
 
-    async def _make_client(self) -> httpx.AsyncClient:
-        timeout = httpx.Timeout(self.request_timeout, connect=min(CONNECT_TIMEOUT_S, self.request_timeout))
-        return httpx.AsyncClient(limits=self._limits, timeout=timeout)
+    async def _make_client(self) -> aiohttp.ClientSession:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(CONNECT_TIMEOUT_S, self.request_timeout),
+                                        sock_read=self.request_timeout)
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._max_connections),
+                                     timeout=timeout, read_bufsize=READ_BUFFER_BYTES)
 
     def describe(self) -> dict:
         return {"engine": "endpoint", "endpoint": self.url.geturl(), "endpoint_type": self.endpoint_type,
@@ -172,7 +178,7 @@ class EndpointBackend(Backend):
     def close(self) -> None:
         if not self._loop.is_running():
             return
-        asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(30)
+        asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)
 
@@ -195,38 +201,55 @@ class EndpointBackend(Backend):
             self._num_inflight -= 1
             return  # Ctrl-C: the driver marks it interrupted
         except Exception as e:  # every failure is recorded on its request, never dropped
-            msg = str(e) if isinstance(e, StreamError) else f"{type(e).__name__}: {e}".rstrip(": ")
-            rec.fail(self.now(), msg)
+            rec.fail(self.now(), self.failure_text(e))
         self._num_inflight -= 1
         if not self._stopping.is_set():
             self._ended.put(rec)
+
+    def failure_text(self, e: Exception) -> str:
+        """One line naming what went wrong: the server's own error, a read that waited past the timeout, a
+        connection that could not be made (with the OS's reason) or broke."""
+        if isinstance(e, StreamError):
+            return str(e)
+        if isinstance(e, asyncio.TimeoutError):  # aiohttp's ServerTimeoutError is one
+            return f"ReadTimeout: the server sent nothing for {self.request_timeout:g} s"
+        if isinstance(e, aiohttp.ClientConnectorError):
+            return f"{type(e.os_error).__name__}: {e}"
+        return f"{type(e).__name__}: {e}".rstrip(": ")
 
     async def _stream(self, body: bytes, rec: RequestRecord) -> dict:
         """Send one request and read its SSE stream, stamping each chunk on `rec`; returns the server's
         usage ({} if it sent none). Raises StreamError on an error answer."""
         usage: dict = {}
         is_done = False
-        async with self._client.stream("POST", self.url.geturl(), content=body, headers=self.headers) as resp:
-            if resp.status_code != 200:
-                text = (await resp.aread()).decode("utf-8", "replace")
-                raise StreamError(f"HTTP {resp.status_code}: {error_text(text)}")
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # SSE comments, event names, blank separators
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    is_done = True
+        async with self._client.post(self.url.geturl(), data=body, headers=self.headers) as resp:
+            if resp.status != 200:
+                text = (await resp.read()).decode("utf-8", "replace")
+                raise StreamError(f"HTTP {resp.status}: {error_text(text)}")
+            tail = b""
+            # whatever has arrived, split into lines here: one wake-up per read, however many events it holds
+            async for data in resp.content.iter_any():
+                *lines, tail = (tail + data).split(b"\n")
+                now = self.now()
+                for raw in lines:
+                    if not raw.startswith(b"data:"):
+                        continue  # SSE comments, event names, blank separators
+                    data = raw[5:].strip()
+                    if data == b"[DONE]":
+                        is_done = True
+                        break
+                    chunk = json.loads(data)
+                    if chunk.get("error"):
+                        raise StreamError(f"server error: {error_text(json.dumps(chunk))}")
+                    if choices := chunk.get("choices"):
+                        c = choices[0]
+                        text = c.get("text") if "text" in c else (c.get("delta") or {}).get("content")
+                        if text is not None:  # a role-only or finish-only chunk carries no token
+                            rec.add_tokens(now, 1)
+                            rec.generated_text += text
+                    usage = chunk.get("usage") or usage
+                if is_done:
                     break
-                chunk = json.loads(data)
-                if chunk.get("error"):
-                    raise StreamError(f"server error: {error_text(json.dumps(chunk))}")
-                if choices := chunk.get("choices"):
-                    c = choices[0]
-                    text = c.get("text") if "text" in c else (c.get("delta") or {}).get("content")
-                    if text is not None:  # a role-only or finish-only chunk carries no token
-                        rec.add_tokens(self.now(), 1)
-                        rec.generated_text += text
-                usage = chunk.get("usage") or usage
         if not is_done and not usage:
             raise StreamError(f"stream ended early after {len(rec.token_times)} chunks "
                               "(no [DONE], no usage): server closed the connection")
