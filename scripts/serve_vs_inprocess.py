@@ -9,7 +9,11 @@ Each side is the CLI a user would run, in its own process (the server's engine n
 the client; by default `nanotune serve` runs its engine in a process of its own too, so the server's HTTP
 work never shares it either; --engine-in-thread measures the engine in a thread of the server): first
 `nanotune bench --sweep-rate ...` in-process, then `nanotune serve` in a subprocess and `nanotune bench
---endpoint URL --sweep-rate ...` against it. Both measure the same card's GEMM peak.
+--endpoint URL --sweep-rate ...` against it. Both measure the same card's GEMM peak. Each rate runs --repeat
+times in a row on each side, and the last runs are compared: a process pays one-time costs the first time a
+batch shape shows up (a Triton specialization compiled, a CUDA graph captured), and which shapes show up first
+differs between the two sides (requests reach the served engine over a few ms, not all before its first step),
+so a first run can hold a stall the other side's does not; the first runs are kept in the JSON too.
 Writes serve_vs_inprocess.json (points of both sides, the throughput ratio at each rate, the environment)
 and serve_vs_inprocess.png (total tokens/s, median/p99 TTFT and TPOT against the rate) to --out.
 """
@@ -34,10 +38,10 @@ from nanotune.serve.run import free_port
 ROOT = Path(__file__).resolve().parents[1]  # the child processes' PYTHONPATH: this checkout
 
 FULL = dict(model="llama-3-8b", device="cuda", trace=["--trace", "sharegpt", "--filter", "vllm", "-n", "240"],
-            rates="10,20,40,inf", start_timeout=600)
+            rates="10,20,40,inf", start_timeout=600, repeat=2)
 SMOKE = dict(model="tiny-llama", device="cpu", trace=["--trace", "constant", "--input-len", "32",
                                                       "--output-len", "8", "-n", "8"],
-             rates="8,inf", start_timeout=120)
+             rates="8,inf", start_timeout=120, repeat=1)
 
 
 def run_bench(args: list[str], results: Path, env: dict) -> dict:
@@ -51,14 +55,16 @@ def run_bench(args: list[str], results: Path, env: dict) -> dict:
     return json.loads((run_dir / "result.json").read_text())
 
 
-def points(result: dict) -> list[dict]:
+def points(result: dict, run: int = -1) -> list[dict]:
+    """One row per rate from the `run`-th of its --repeat runs (-1: the last; the earlier ones warmed it)."""
     keys = ("request_throughput", "total_token_throughput", "output_throughput", "completed", "failed",
             "efficiency", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "mean_itl_ms")
     out = []
     for p in result["points"]:
         rate = p["request_rate"]
+        metrics = p["runs"][run]["metrics"] if p.get("runs") else p["metrics"]
         out.append({"rate": "inf" if rate is None or rate == float("inf") else rate,
-                    **{k: p["metrics"].get(k) for k in keys}})
+                    **{k: metrics.get(k) for k in keys}})
     return out
 
 
@@ -94,6 +100,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny-llama on the CPU, a few requests")
     ap.add_argument("--rates", help="comma-separated request rates (inf = all at once)")
     ap.add_argument("-n", "--num-requests", type=int)
+    ap.add_argument("--repeat", type=int,
+                    help="runs per rate on each side, one after another in the same process; the last is compared "
+                         "[GPU: 2, CPU smoke: 1]")
     ap.add_argument("--no-warm-pass", action="store_true",
                     help="skip the untimed first in-process sweep that fills Triton's on-disk kernel cache")
     ap.add_argument("--engine-in-thread", action="store_true",
@@ -111,22 +120,26 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if o["device"] == "cpu":
         env.setdefault("OMP_NUM_THREADS", "1")
-    common = [*trace, "--sweep-rate", rates, "--model", o["model"]]
+    repeat = args.repeat or o["repeat"]
+    common = [*trace, "--sweep-rate", rates, "--model", o["model"], "--repeat", str(repeat)]
     report = {"script": "scripts/serve_vs_inprocess.py", "model": o["model"], "device": o["device"],
-              "trace_args": trace, "rates": rates, "environment": environment(), "wall_s": {},
+              "trace_args": trace, "rates": rates, "repeat": repeat, "compared_run": "last of each rate's --repeat runs",
+              "environment": environment(), "wall_s": {},
               "server_engine": "thread" if args.engine_in_thread else "process"}
     json_path = out / "serve_vs_inprocess.json"
 
-    if not args.no_warm_pass:
+    if not args.no_warm_pass and repeat == 1:
         # On a fresh machine the first process compiles every Triton kernel shape it meets (seconds each,
         # inside its timed steps) and later processes load them from the cache (results/reference/h200/
         # issue17-process: the same sweep's saturated point, first process against a later one). A first,
         # untimed pass of the same sweep puts both timed sides on a warm cache; its points are kept.
+        # (with --repeat >= 2 each side's earlier runs warm it instead)
         report["inprocess_cold_pass"] = points(run_bench([*common, "--device", o["device"]], out / "cold", env))
     t = time.time()
     local = run_bench([*common, "--device", o["device"]], out / "runs", env)
     report["wall_s"]["inprocess"] = time.time() - t
     report["inprocess"] = points(local)
+    report["inprocess_first_runs"] = points(local, 0)
     write_json_atomic(json_path, report)
 
     port = free_port()
@@ -144,6 +157,7 @@ def main() -> None:
         server.terminate()
         server.wait(60)
     report["endpoint"] = points(remote)
+    report["endpoint_first_runs"] = points(remote, 0)
     report["endpoint_over_inprocess"] = [
         {"rate": a["rate"], "total_token_throughput": (b["total_token_throughput"] / a["total_token_throughput"]
                                                        if a["total_token_throughput"] and

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanotune.errors import UserError
+from nanotune.event_loop import new_event_loop
 from nanotune.serve.app import Server
 from nanotune.serve.text import load_tokenizer
 
@@ -67,7 +68,7 @@ def serve_forever(server: Server, host: str, port: int) -> None:
     from aiohttp import web
 
     web.run_app(server.app(), host=host, port=port, handler_cancellation=True, access_log=None,
-                print=lambda *a: None)
+                print=lambda *a: None, loop=new_event_loop())
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -81,7 +82,7 @@ class BackgroundServer:
 
     def __init__(self, server: Server, host: str = "127.0.0.1", port: int | None = None):
         self.server, self.host, self.port = server, host, port or free_port(host)
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nanotune-http", daemon=True)
         self._runner = None

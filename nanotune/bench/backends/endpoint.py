@@ -33,6 +33,7 @@ import httpx
 
 from nanotune.bench.backends.base import Backend
 from nanotune.bench.records import BenchRequest, RequestRecord
+from nanotune.event_loop import new_event_loop
 
 ENDPOINT_TYPES = ("completions", "chat")
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
@@ -119,7 +120,7 @@ class EndpointBackend(Backend):
         self._tasks: set[asyncio.Task] = set()
         self._num_inflight = 0
         self._stopping = threading.Event()
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="nanotune-http", daemon=True)
         self._thread.start()
         # made now (its SSL context takes a while), on the loop that will use it
