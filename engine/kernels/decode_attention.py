@@ -154,6 +154,14 @@ def _attend_tile(q, acc, m_i, l_i, pages, page0, t0, w_start, w_end, kc_ptr, vc_
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # [G_PAD, BLOCK_N]
     if MASKED:
         s = tl.where(valid[None, :], s, float("-inf"))
+    return softmax_step(s, v, acc, m_i, l_i, PRECISION)
+
+
+@triton.jit
+def softmax_step(s, v, acc, m_i, l_i, PRECISION: tl.constexpr):
+    """The online-softmax update of one tile, shared by the pointer and the TMA decode kernels: scores `s`
+    [M, N] (log2 domain, -inf where masked), values `v` [N, D], running `acc` [M, D], max `m_i` and sum `l_i`
+    [M] -> the new (acc, m, l)."""
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])

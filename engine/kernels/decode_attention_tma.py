@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.kernels._compat import HAS_TRITON, cdiv, dot_precision, is_interpreted, next_pow2, num_sms, tl, triton
-from engine.kernels.decode_attention import _decode_reduce_kernel, choose_num_splits
+from engine.kernels.decode_attention import _decode_reduce_kernel, choose_num_splits, softmax_step
 
 if HAS_TRITON:
     try:
@@ -93,12 +93,7 @@ def _tma_tile(q, acc, m_i, l_i, kdesc, vdesc, row, t0, end, same_head, col_tok, 
         keep = keep & ok[None, :]
         v = tl.where(ok[:, None], v, 0.0)  # NaN in unwritten slots must not reach P V
     s = tl.where(keep, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return acc, m_new, l_i
+    return softmax_step(s, v, acc, m_i, l_i, PRECISION)
 
 
 @triton.jit(do_not_specialize=["scale_log2", "num_seqs", "num_work", "split_len", "num_splits", "stride_bt"])
