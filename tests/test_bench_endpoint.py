@@ -248,3 +248,28 @@ def test_request_timeout_fails_a_stalled_stream(tmp_path):
     server.die()
     (rec,) = ph.records
     assert rec.status == "failed" and "ReadTimeout" in rec.error
+
+
+def test_a_stream_whose_last_line_has_no_newline_still_counts_it():
+    """The client splits what arrives into lines itself: the final `data: [DONE]` without its newline (the
+    connection closes right after it) is read, not lost."""
+    body = (b'data: {"choices": [{"index": 0, "text": "a"}]}\n\n'
+            b'data: {"choices": [{"index": 0, "text": "b"}]}\n\ndata: [DONE]')
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer_once():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        conn.close()
+
+    threading.Thread(target=answer_once, daemon=True).start()
+    b = EndpointBackend(f"http://127.0.0.1:{listener.getsockname()[1]}", "m", vocab_size=100)
+    ph = drive(b, reqs([(3, 2)]))
+    b.close()
+    listener.close()
+    (rec,) = ph.records
+    assert rec.status == "ok" and rec.output_len == 2 and rec.generated_text == "ab", rec.error

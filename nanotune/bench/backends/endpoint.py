@@ -212,7 +212,9 @@ class EndpointBackend(Backend):
         connection that could not be made (with the OS's reason) or broke."""
         if isinstance(e, StreamError):
             return str(e)
-        if isinstance(e, asyncio.TimeoutError):  # aiohttp's ServerTimeoutError is one
+        if isinstance(e, aiohttp.ConnectionTimeoutError):
+            return f"ConnectTimeout: no connection within {min(CONNECT_TIMEOUT_S, self.request_timeout):g} s"
+        if isinstance(e, asyncio.TimeoutError):  # aiohttp's ServerTimeoutError (a read) is one
             return f"ReadTimeout: the server sent nothing for {self.request_timeout:g} s"
         if isinstance(e, aiohttp.ClientConnectorError):
             return f"{type(e.os_error).__name__}: {e}"
@@ -221,8 +223,7 @@ class EndpointBackend(Backend):
     async def _stream(self, body: bytes, rec: RequestRecord) -> dict:
         """Send one request and read its SSE stream, stamping each chunk on `rec`; returns the server's
         usage ({} if it sent none). Raises StreamError on an error answer."""
-        usage: dict = {}
-        is_done = False
+        state = {"usage": {}, "done": False}
         async with self._client.post(self.url.geturl(), data=body, headers=self.headers) as resp:
             if resp.status != 200:
                 text = (await resp.read()).decode("utf-8", "replace")
@@ -231,27 +232,33 @@ class EndpointBackend(Backend):
             # whatever has arrived, split into lines here: one wake-up per read, however many events it holds
             async for data in resp.content.iter_any():
                 *lines, tail = (tail + data).split(b"\n")
-                now = self.now()
-                for raw in lines:
-                    if not raw.startswith(b"data:"):
-                        continue  # SSE comments, event names, blank separators
-                    data = raw[5:].strip()
-                    if data == b"[DONE]":
-                        is_done = True
-                        break
-                    chunk = json.loads(data)
-                    if chunk.get("error"):
-                        raise StreamError(f"server error: {error_text(json.dumps(chunk))}")
-                    if choices := chunk.get("choices"):
-                        c = choices[0]
-                        text = c.get("text") if "text" in c else (c.get("delta") or {}).get("content")
-                        if text is not None:  # a role-only or finish-only chunk carries no token
-                            rec.add_tokens(now, 1)
-                            rec.generated_text += text
-                    usage = chunk.get("usage") or usage
-                if is_done:
+                if self._take_lines(lines, rec, state):
                     break
-        if not is_done and not usage:
+            else:  # a last line without its newline
+                self._take_lines([tail], rec, state)
+        if not state["done"] and not state["usage"]:
             raise StreamError(f"stream ended early after {len(rec.token_times)} chunks "
                               "(no [DONE], no usage): server closed the connection")
-        return usage
+        return state["usage"]
+
+    def _take_lines(self, lines: list[bytes], rec: RequestRecord, state: dict) -> bool:
+        """Account SSE lines that arrived together (one timestamp); True at [DONE]."""
+        now = self.now()
+        for raw in lines:
+            if not raw.startswith(b"data:"):
+                continue  # SSE comments, event names, blank separators
+            payload = raw[5:].strip()
+            if payload == b"[DONE]":
+                state["done"] = True
+                return True
+            chunk = json.loads(payload)
+            if chunk.get("error"):
+                raise StreamError(f"server error: {error_text(json.dumps(chunk))}")
+            if choices := chunk.get("choices"):
+                c = choices[0]
+                text = c.get("text") if "text" in c else (c.get("delta") or {}).get("content")
+                if text is not None:  # a role-only or finish-only chunk carries no token
+                    rec.add_tokens(now, 1)
+                    rec.generated_text += text
+            state["usage"] = chunk.get("usage") or state["usage"]
+        return False
