@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements of the 2026-12-01 issues (13, 14, 15, 16, 17) on one GPU, step by step; each step's
 # log and files are archived into $OUT as soon as it ends, so a step that runs out of time loses only itself.
+# Each step leaves at most two files in $OUT (its log and one .tgz): the device tool brings back 8 files a call,
+# and a call with more loses the rest.
 #   GPU=h200 OUT=/tmp/out bash scripts/gpu_round.sh STEP...
 # Steps: kerneltests, enginetests (pytest on the GPU), power (profile --quick --power-only),
 # readme (README's run command, 1,000 ShareGPT requests, with the power-aware bound), bound (power_bound.py),
@@ -68,8 +70,10 @@ for step in "$@"; do
         --out "$REF/profile-llama-3-70b-tp2.json" > "$log" 2>&1; rc=$?
       tar czf "$OUT/tp2profile.tgz" "$REF"/profile-llama-3-70b-tp2* ;;
     fp8profile)  # the quick profile over the engine's fp8 KV cache (issue 16: the profile's fp8 path on a GPU)
+      mkdir -p "$OUT/fp8profile"
       python -m nanotune profile --model llama-3-8b --quick --kv-cache-dtype fp8 --no-progress \
-        --out "$OUT/profile-llama-3-8b-tp1-fp8.json" > "$log" 2>&1; rc=$? ;;
+        --out "$OUT/fp8profile/profile-llama-3-8b-tp1-fp8.json" > "$log" 2>&1; rc=$?
+      tar czf "$OUT/fp8profile.tgz" -C "$OUT" fp8profile && rm -rf "$OUT/fp8profile" ;;
     tp2tests)  # two GPUs: TP2 tokens = TP1 per plan and all-reduce implementation; each implementation's sums
       python -m pytest -q -p no:cacheprovider -m gpu tests/test_tp_gpu.py > "$log" 2>&1; rc=$? ;;
     tp2)  # two GPUs: Llama-3-70B TP2, sequential against nb2-ar, each all-reduce implementation (issue 15's script)
