@@ -266,7 +266,8 @@ class _Run:
                 if self.finish_reason or events.empty():
                     break
                 ev = events.get_nowait()
-            await resp.write(b"".join(parts))
+            if parts:  # (an event that carries no token and does not end the request sends nothing)
+                await resp.write(b"".join(parts))
             if ev.error or self.finish_reason:
                 break
             ev = await events.get()
