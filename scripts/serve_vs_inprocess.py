@@ -2,7 +2,7 @@
 `nanotune bench --endpoint`, over the same trace and the same request rates up to saturation (inf: all at
 once), in one run on one machine.
 
-    PYTHONPATH=. python scripts/serve_vs_inprocess.py --out $OUT                  # H200: llama-3-8b, ~4 min
+    PYTHONPATH=. python scripts/serve_vs_inprocess.py --out $OUT                  # H200: llama-3-8b, ~5 min
     PYTHONPATH=. python scripts/serve_vs_inprocess.py --smoke --out /tmp/svi      # CPU: tiny-llama, ~1 min
 
 Each side is the CLI a user would run, in its own process (the server's engine never shares the GIL with
