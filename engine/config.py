@@ -98,8 +98,10 @@ class ModelConfig:
 
 KV_CACHE_DTYPES = ("auto", "fp8", "bfloat16", "float16", "float32")
 # EngineConfig.allreduce: the plan's collective ops under tensor parallelism (engine/parallel/comm.py runs them;
-# N in nccl-channels:N is a channel count; the last three need CUDA GPUs)
-ALLREDUCE_IMPLS = ("nccl", "nccl-channels:N", "symm-mem-one-shot", "symm-mem-two-shot", "copy-engine")
+# N in nccl-channels:N is a channel count; the three symm-mem/copy-engine ones need CUDA GPUs; fused-rmsnorm
+# also does the residual add + RMSNorm after the all-reduce, in one kernel on CUDA)
+ALLREDUCE_IMPLS = ("nccl", "nccl-channels:N", "symm-mem-one-shot", "symm-mem-two-shot", "copy-engine",
+                   "fused-rmsnorm")
 
 
 def kv_cache_dtype_bytes(kv_cache_dtype: str, model_dtype_bytes: int) -> int:

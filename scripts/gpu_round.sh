@@ -85,7 +85,7 @@ for step in "$@"; do
       python -m pytest -q -p no:cacheprovider -m gpu tests/test_tp_gpu.py > "$log" 2>&1; rc=$? ;;
     tp2)  # two GPUs: Llama-3-70B TP2, sequential against nb2-ar, each all-reduce implementation (issue 15's script)
       python scripts/tp_bench.py --model llama-3-70b --tp 2 --plans sequential,nb2-ar \
-        --traces constant:1024:512,sharegpt -n ${N_TP2:-300} --allreduce ${TP2_ALLREDUCE:-nccl,symm-mem-one-shot,copy-engine} \
+        --traces constant:1024:512,sharegpt -n ${N_TP2:-300} --allreduce ${TP2_ALLREDUCE:-nccl,symm-mem-one-shot,copy-engine,fused-rmsnorm} \
         --out "$OUT/tp2" > "$log" 2>&1; rc=$?
       tar czf "$OUT/tp2.tgz" -C "$OUT" tp2 && rm -rf "$OUT/tp2" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;

@@ -123,7 +123,8 @@ def main() -> None:
     repeat = args.repeat or o["repeat"]
     common = [*trace, "--sweep-rate", rates, "--model", o["model"], "--repeat", str(repeat)]
     report = {"script": "scripts/serve_vs_inprocess.py", "model": o["model"], "device": o["device"],
-              "trace_args": trace, "rates": rates, "repeat": repeat, "compared_run": "last of each rate's --repeat runs",
+              "trace_args": trace, "rates": rates, "repeat": repeat,
+              "compared_run": "last of each rate's --repeat runs",
               "environment": environment(), "wall_s": {},
               "server_engine": "thread" if args.engine_in_thread else "process"}
     json_path = out / "serve_vs_inprocess.json"

@@ -88,6 +88,27 @@ def test_rms_norm_triton(dtype, hidden):
     _assert_matches_ref(normed, ref_normed, dtype)
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_ranks,hidden", [(2, 64), (4, 96), (2, 4096)])
+def test_peer_sum_add_rms_norm_reads_every_ranks_rows(dtype, num_ranks, hidden):
+    """The fused all-reduce + residual add + RMSNorm kernel, with local tensors standing for the ranks'
+    symmetric buffers (their addresses are what it reads through): the sum in rank order, then add_rms_norm."""
+    rows = 7
+    parts = [(torch.randn(rows, hidden) * 2).to(dtype).to(DEV) for _ in range(num_ranks)]
+    r = (torch.randn(rows, hidden) * 2).to(dtype).to(DEV)
+    w = (1 + torch.randn(hidden) * 0.1).to(dtype).to(DEV)
+    peers = torch.tensor([p.data_ptr() for p in parts], dtype=torch.int64, device=DEV)
+    residual = r.clone()
+    normed = torch.empty_like(r)
+    norm.peer_sum_add_rms_norm(peers, parts[1], residual, w, 1e-6, out=normed, residual_out=residual)
+    ref_normed, ref_res = norm.peer_sum_add_rms_norm_ref(parts, r, w, 1e-6)
+    assert torch.equal(residual, ref_res)  # roundings of exact fp32 sums: bit-exact
+    _assert_matches_ref(normed, ref_normed, dtype)
+    plain = norm.add_rms_norm_ref(sum(p.float() for p in parts).to(dtype), r, w, 1e-6)[1]
+    assert torch.equal(ref_res, plain)  # the reference is add_rms_norm of the all-reduced rows
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_and_mul_ref_matches_hf_mlp_order(dtype):
     x = torch.randn(5, 2 * 48).to(dtype)

@@ -70,6 +70,21 @@ def test_tp2_equals_tp1_with_chunked_prefill_and_preemption(checkpoints, variant
     assert_same(ref, got)
 
 
+@pytest.mark.parametrize("variant,plan", [("llama3", None), ("qwen2", None), ("llama3", "nb2-ar")])
+def test_allreduce_fused_with_the_next_norm_equals_tp1(checkpoints, variant, plan):
+    """fused-rmsnorm: each all-reduce op also does the residual add + RMSNorm after it (the next layer's input
+    norm, the MLP's, the final one before the lm_head) and the norm ops are left with nothing to do; on gloo the
+    sum goes through the process group first. TP2 so must still compute TP1's function, preemption included."""
+    path = checkpoints / variant
+    prompts = _prompts(384)
+    small = dict(block_size=8, num_kv_blocks=14, kv_overcommit=4.0)
+    nb = dict(plan=plan, max_num_batched_tokens=64) if plan else {}
+    ref = run(_cfg(path, **small), prompts)
+    got = run(_cfg(path, tp=2, allreduce="fused-rmsnorm", **small, **nb), prompts)
+    assert got[2]["num_preemptions"] > 0
+    assert_same(ref, got)
+
+
 def test_tp2_nano_batch_plan_equals_sequential(checkpoints):
     path = checkpoints / "llama3"
     prompts = _prompts(384)
@@ -151,8 +166,6 @@ def test_dead_worker_ends_the_run_naming_its_rank():
 def test_bad_tp_is_refused_before_loading():
     with pytest.raises(EngineConfigError, match="attention heads 4 do not divide over tp 3"):
         LLMEngine(_cfg("tiny-llama-micro", tp=3))
-    with pytest.raises(EngineConfigError, match="not implemented"):
-        LLMEngine(_cfg("tiny-llama-micro", tp=2, allreduce="fused-rmsnorm"))
     with pytest.raises(EngineConfigError, match=r"^allreduce 'symm-mem-one-shot': needs CUDA GPUs"):
         LLMEngine(_cfg("tiny-llama-micro", tp=2, allreduce="symm-mem-one-shot"))
     with pytest.raises(EngineConfigError, match="unknown"):
@@ -162,14 +175,14 @@ def test_bad_tp_is_refused_before_loading():
 def test_symmetric_memory_allreduce_needs_its_collectives_on_one_stream():
     """One symmetric buffer serves every call: a plan whose collectives could overlap on two streams is refused
     for those implementations (NCCL orders its own), the library's nb2-ar (collectives on one stream) is not."""
-    from engine.parallel.comm import SYMM_MEM, check_plan_streams
+    from engine.parallel.comm import ONE_BUFFER, check_plan_streams
     from engine.plan import OpInstance, PipelinePlan
     from engine.plan_library import resolve_plan
 
     nb2 = resolve_plan("nb2-ar", 132).with_collectives()
     two = PipelinePlan("split", tuple(OpInstance(i.op, i.lo, i.hi, 1 if i.op == "down_allreduce" else i.stream)
                                       for i in nb2.ops), num_streams=max(2, nb2.num_streams))
-    for impl in SYMM_MEM:
+    for impl in ONE_BUFFER:
         check_plan_streams(impl, nb2)
         with pytest.raises(EngineConfigError, match=rf"^split: allreduce '{impl}' needs every collective op on one"):
             check_plan_streams(impl, two, two.name)

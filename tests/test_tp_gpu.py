@@ -29,7 +29,8 @@ def test_tp1_shard_is_random_weights():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 @pytest.mark.parametrize("plan,allreduce", [(None, "nccl"), ("nb2-ar", "nccl"), (None, "symm-mem-one-shot"),
                                             (None, "symm-mem-two-shot"), (None, "copy-engine"),
-                                            ("nb2-ar", "symm-mem-one-shot"), ("nb2-ar", "copy-engine")])
+                                            ("nb2-ar", "symm-mem-one-shot"), ("nb2-ar", "copy-engine"),
+                                            (None, "fused-rmsnorm"), ("nb2-ar", "fused-rmsnorm")])
 def test_tp2_gives_tp1_tokens(plan, allreduce):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 128256, (n,), generator=g).tolist() for n in (300, 17, 1200, 64)]

@@ -12,10 +12,13 @@ All-reduce implementations (EngineConfig.allreduce):
                       rows: the ring's bytes, without NCCL's channels).
   "copy-engine"       the same buffer; the peers' partial sums come over with cudaMemcpy (the GPU's copy
                       engines move them, no SMs), then one local sum kernel. Two device barriers per call.
+  "fused-rmsnorm"     the same buffer; the all-reduce op also does the residual add and RMSNorm that follow it
+                      (the plan's next norm op then has nothing left to do): one kernel per rank reads every
+                      rank's rows, sums them, adds the residual and normalizes, between two device barriers.
+                      On CPU (gloo) the same op layout runs the sum through the process group, then the add
+                      and norm: there it exists for tests of that layout, not for speed.
 The symmetric-memory ones need CUDA GPUs with peer access. Every implementation sums the ranks' rows in one
 order on every rank, so every rank holds the same bits (the ranks sample the same tokens).
-Named and refused (not implemented; never silently replaced by another):
-  "fused-rmsnorm" (the all-reduce fused with the next residual-add + RMSNorm).
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ import torch
 from engine.config import ALLREDUCE_IMPLS
 from engine.errors import EngineConfigError
 
-SYMM_MEM = ("symm-mem-one-shot", "symm-mem-two-shot", "copy-engine")  # need a symmetric-memory buffer
+SYMM_MEM = ("symm-mem-one-shot", "symm-mem-two-shot", "copy-engine")  # need a symmetric-memory buffer (CUDA)
+FUSED_NORM = "fused-rmsnorm"  # the all-reduce and the next residual add + RMSNorm in one op
+ONE_BUFFER = (*SYMM_MEM, FUSED_NORM)  # one buffer per rank on CUDA: calls must not overlap
 IMPLEMENTED = ALLREDUCE_IMPLS
-NOT_IMPLEMENTED = ("fused-rmsnorm",)
-assert set(SYMM_MEM) <= set(IMPLEMENTED)
+assert set(ONE_BUFFER) <= set(IMPLEMENTED)
 # NVLink multicast stays off on the lent machines, in every process a launcher starts
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 DEFAULT_TIMEOUT_S = 600.0  # a collective waits this long for its peers, then fails instead of hanging
@@ -43,19 +47,16 @@ def timeout_s() -> float:
 
 
 def allreduce_env(impl: str) -> dict[str, str]:
-    """Environment an implementation needs in every rank before the process group starts; refuses unknown
-    or unimplemented names with one line."""
-    if impl == "nccl" or impl in SYMM_MEM:
+    """Environment an implementation needs in every rank before the process group starts; refuses an unknown
+    name with one line."""
+    if impl == "nccl" or impl in ONE_BUFFER:
         return {}
     if impl.startswith("nccl-channels:"):
         n = impl.split(":", 1)[1]
         if not n.isdigit() or int(n) < 1:
             raise EngineConfigError(f"allreduce '{impl}': expected nccl-channels:N with N >= 1")
         return {"NCCL_MIN_NCHANNELS": n, "NCCL_MAX_NCHANNELS": n}
-    if impl in NOT_IMPLEMENTED:
-        raise EngineConfigError(f"allreduce '{impl}': not implemented (implemented: {', '.join(IMPLEMENTED)})")
-    raise EngineConfigError(f"allreduce '{impl}': unknown (implemented: {', '.join(IMPLEMENTED)}; "
-                            f"named, not implemented: {', '.join(NOT_IMPLEMENTED)})")
+    raise EngineConfigError(f"allreduce '{impl}': unknown (implemented: {', '.join(IMPLEMENTED)})")
 
 
 @dataclass
@@ -67,7 +68,23 @@ class TPGroup:
     group: object  # the device group (NCCL on CUDA, gloo on CPU): the model's collectives
     cpu_group: object  # a gloo group: commands from rank 0 and small host-side agreements
     impl: str = "nccl"  # EngineConfig.allreduce: what the plan's collective ops run
-    symm: object = None  # engine/parallel/symm_allreduce.SymmAllReduce for the symmetric-memory ones
+    symm: object = None  # engine/parallel/symm_allreduce.SymmAllReduce for the symmetric-memory ones (CUDA)
+
+    @property
+    def fuses_norm(self) -> bool:
+        """The plan's all-reduce ops also do the residual add + RMSNorm after them (add_rms_norm_)."""
+        return self.impl == FUSED_NORM
+
+    def add_rms_norm_(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                      out: torch.Tensor, add_rms_norm) -> None:
+        """fused-rmsnorm's collective: residual += the sum of x [rows, h] over the ranks, out = RMSNorm of it.
+        On CUDA one kernel per rank; elsewhere the sum through the process group, then `add_rms_norm` (the
+        model's kernel, with its signature)."""
+        if self.symm is not None:
+            self.symm.add_rms_norm_(x, residual, weight, eps, out)
+        else:
+            torch.distributed.all_reduce(x, group=self.group)
+            add_rms_norm(x, residual, weight, eps, out=out, residual_out=residual)
 
     def all_reduce_(self, x: torch.Tensor) -> None:
         """The plan's collective: sum x [rows, h] in place over the ranks with the selected implementation, on
@@ -114,7 +131,7 @@ def init_group(device: torch.device, impl: str = "nccl") -> TPGroup:
     group = dist.group.WORLD
     cpu_group = dist.new_group(backend="gloo", timeout=timeout) if device.type == "cuda" else group
     symm = None
-    if impl in SYMM_MEM:
+    if impl in SYMM_MEM or (impl == FUSED_NORM and device.type == "cuda"):
         from engine.parallel.symm_allreduce import SymmAllReduce
 
         symm = SymmAllReduce(impl, group, dist.get_rank(), dist.get_world_size())
@@ -133,6 +150,6 @@ def check_plan_streams(impl: str, plan, where: str = "plan") -> None:
     """A symmetric-memory all-reduce has one buffer and one set of signal pads: its calls must not overlap, so
     a plan's collective ops must share one stream (NCCL orders a communicator's collectives itself)."""
     streams = sorted({i.stream for i in plan.collective_ops})
-    if impl in SYMM_MEM and len(streams) > 1:
+    if impl in ONE_BUFFER and len(streams) > 1:
         raise EngineConfigError(f"{where}: allreduce '{impl}' needs every collective op on one stream; the plan "
                                 f"puts them on streams {', '.join(map(str, streams))} (use nccl, or one stream)")

@@ -8,6 +8,9 @@ NVLink. A call copies the rank's partial sums x [rows, h] into its buffer, then:
   copy-engine        a device barrier, each peer's rows copied into a local staging row by cudaMemcpy (copy
                      engines, no SMs), a second barrier (the peers have read this rank's buffer, so the next
                      call may overwrite it), then the ranks' rows summed in rank order into x.
+  fused-rmsnorm      (add_rms_norm_, not __call__) a device barrier, then one kernel per rank reads every rank's
+                     rows through their buffers' addresses, sums them in rank order, adds the residual and
+                     applies the next RMSNorm (engine/kernels/norm.peer_sum_add_rms_norm), then a second barrier.
 The result lands in x on every rank with the same bits (the sums run in one order everywhere).
 
 One buffer (and one set of device signal pads) serves every call, so the calls must not overlap: the runner
@@ -26,6 +29,7 @@ class SymmAllReduce:
         self.buf: torch.Tensor | None = None  # [numel] this rank's symmetric buffer
         self.handle = None  # the _SymmetricMemory over every rank's buffer
         self.staging: torch.Tensor | None = None  # copy-engine: [size, numel] the peers' rows, copied here
+        self.peers: torch.Tensor | None = None  # fused-rmsnorm: [size] int64 every rank's buffer address
 
     def reserve(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
         """Make the buffer hold messages of up to `numel` elements. Collective: every rank calls it with the same
@@ -49,6 +53,8 @@ class SymmAllReduce:
         self.handle = symm_mem.rendezvous(self.buf, self.group_name)
         if self.impl == "copy-engine":
             self.staging = torch.empty((self.size, numel), dtype=dtype, device=device)
+        if self.impl == "fused-rmsnorm":
+            self.peers = torch.tensor(list(self.handle.buffer_ptrs), dtype=torch.int64, device=device)
 
     def __call__(self, x: torch.Tensor) -> None:
         """x: contiguous [rows, h] partial sums on this rank -> the sum over the ranks, in place."""
@@ -64,6 +70,20 @@ class SymmAllReduce:
             self._copy_engine(x.view(-1), mine)
         else:
             raise ValueError(f"not a symmetric-memory all-reduce: {self.impl}")
+
+    def add_rms_norm_(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                      out: torch.Tensor) -> None:
+        """fused-rmsnorm: x [rows, h] this rank's partial sums; residual [rows, h] += the sum over the ranks, in
+        place; out [rows, h] = RMSNorm(residual) * weight. x is left as it was (nothing reads it after)."""
+        from engine.kernels.norm import peer_sum_add_rms_norm
+
+        n = x.numel()
+        self.reserve(n, x.dtype, x.device)
+        mine = self.buf[:n]
+        mine.copy_(x.view(-1))
+        self.handle.barrier(channel=0)  # every rank's rows are in its buffer
+        peer_sum_add_rms_norm(self.peers, mine.view(x.shape), residual, weight, eps, out=out, residual_out=residual)
+        self.handle.barrier(channel=1)  # every rank has read this rank's buffer: it may be written again
 
     def _copy_engine(self, out: torch.Tensor, mine: torch.Tensor) -> None:
         n = mine.numel()

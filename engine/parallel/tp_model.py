@@ -22,6 +22,9 @@ class TPLlamaModel(LlamaModel):
         self.tp, self.shapes, self.vocab_size = tp, shapes, vocab_size
         self.ops["o_allreduce"] = self.all_reduce
         self.ops["down_allreduce"] = self.all_reduce
+        if tp.fuses_norm:  # each all-reduce also does the residual add + RMSNorm that its next norm op would do
+            self.ops["o_allreduce"] = self.o_allreduce_norm
+            self.ops["down_allreduce"] = self.down_allreduce_norm
 
     def ensure_workspace(self, max_tokens: int):
         ws = super().ensure_workspace(max_tokens)
@@ -33,7 +36,27 @@ class TPLlamaModel(LlamaModel):
     def all_reduce(self, layer, a, b, fb: ForwardBatch, budget=None):
         self.tp.all_reduce_(self.ws.delta[a:b])  # [b - a, h] partial sums -> the full o_proj / down output
 
+    # ---- fused-rmsnorm: the all-reduce ops write residual and normed rows [a, b); the norm ops after them, which
+    # the plan orders after the all-reduce of the same rows, have nothing left to do ------------------------------
+    def _all_reduce_norm(self, a, b, weight) -> None:
+        ws = self.ws
+        self.tp.add_rms_norm_(ws.delta[a:b], ws.residual[a:b], weight, self.cfg.rms_norm_eps, ws.normed[a:b],
+                              self.k.add_rms_norm)
+
+    def o_allreduce_norm(self, layer, a, b, fb, budget=None):
+        self._all_reduce_norm(a, b, self.w.layers[layer].mlp_norm)
+
+    def down_allreduce_norm(self, layer, a, b, fb, budget=None):
+        last = layer + 1 == len(self.w.layers)
+        self._all_reduce_norm(a, b, self.w.final_norm if last else self.w.layers[layer + 1].attn_norm)
+
+    def mlp_norm(self, layer, a, b, fb, budget=None):
+        if not self.tp.fuses_norm:
+            super().mlp_norm(layer, a, b, fb, budget)
+
     def attn_norm(self, layer, a, b, fb, budget=None):
+        if layer and self.tp.fuses_norm:
+            return None
         if layer:
             return super().attn_norm(layer, a, b, fb, budget)
         ws, w, s = self.ws, self.w.layers[0], self.shapes
@@ -48,7 +71,11 @@ class TPLlamaModel(LlamaModel):
 
     def logits(self, fb: ForwardBatch) -> torch.Tensor:
         """-> fp32 [num_sampled, V], identical on every rank."""
-        local = super().logits(fb)  # [S, V_r] from this rank's lm_head rows
+        if self.tp.fuses_norm:  # the last down all-reduce already applied the final norm to every row
+            normed = self.ws.normed.index_select(0, fb.logits_rows)
+            local = torch.mm(normed, self.w.lm_head.t()).float()
+        else:
+            local = super().logits(fb)  # [S, V_r] from this rank's lm_head rows
         return self.tp.all_gather_last(local)[:, : self.vocab_size]
 
 

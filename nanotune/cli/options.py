@@ -167,7 +167,8 @@ def allreduce_option():
 
     return click.option("--allreduce", default="nccl", show_default=True, metavar="IMPL",
                         help="With --tp > 1: the all-reduce of the plan's collective ops: "
-                             + " | ".join(ALLREDUCE_IMPLS) + " (the last three: CUDA GPUs only).")
+                             + " | ".join(ALLREDUCE_IMPLS) + " (symm-mem-* and copy-engine: CUDA GPUs only; "
+                             "fused-rmsnorm: also does the residual add + RMSNorm after it, one kernel on CUDA).")
 
 
 def kv_cache_dtype_option(help_prefix: str = ""):

@@ -99,9 +99,13 @@ def measure_allreduce(tp: int, impl: str = "nccl", device_type: str = "cuda", si
 
     import torch.multiprocessing as mp
 
-    from engine.parallel.comm import NO_MULTICAST_ENV, allreduce_env, check_impl
+    from engine.errors import EngineConfigError
+    from engine.parallel.comm import FUSED_NORM, NO_MULTICAST_ENV, allreduce_env, check_impl
 
     check_impl(impl, device_type)
+    if impl == FUSED_NORM:
+        raise EngineConfigError(f"allreduce '{impl}': its op also adds the residual and normalizes, so this probe of "
+                                "plain all-reduces does not time it (tp_bench.py times it inside the engine)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
