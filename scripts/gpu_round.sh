@@ -78,18 +78,6 @@ for step in "$@"; do
       # sequential plan): every iteration's GPU time, host time and wait against the model's prediction for its batch
       python scripts/model_gap.py --gpu "$GPU" --out "$OUT/gap" > "$log" 2>&1; rc=$?
       tar czf "$OUT/gap.tgz" -C "$OUT" gap && rm -rf "$OUT/gap" ;;
-    fp8profile)  # the quick profile over the engine's fp8 KV cache (issue 16: the profile's fp8 path on a GPU)
-      mkdir -p "$OUT/fp8profile"
-      python -m nanotune profile --model llama-3-8b --quick --kv-cache-dtype fp8 --no-progress \
-        --out "$OUT/fp8profile/profile-llama-3-8b-tp1-fp8.json" > "$log" 2>&1; rc=$?
-      tar czf "$OUT/fp8profile.tgz" -C "$OUT" fp8profile && rm -rf "$OUT/fp8profile" ;;
-    gap)  # issue 16: where the engine falls short of the performance model on ShareGPT (800 requests, whole run):
-      # search --validate runs the sequential, default and best predicted plans and holds every iteration's GPU
-      # time, host time and wait against the model's prediction for that iteration's batch. Needs optuna: carry
-      # its wheels in .whl (device README) and install them to /tmp/site first.
-      python -m nanotune search --model llama-3-8b --gpu "$GPU" --workload sharegpt -n 800 --composition replay --max-num-seqs 512 \
-        --n-trials 20 --validate 1 --validate-requests 800 --results-dir "$OUT/gap" --no-progress > "$log" 2>&1; rc=$?
-      tar czf "$OUT/gap.tgz" -C "$OUT" gap && rm -rf "$OUT/gap" ;;
     tp2tests)  # two GPUs: TP2 tokens = TP1 per plan and all-reduce implementation; each implementation's sums
       python -m pytest -q -p no:cacheprovider -m gpu tests/test_tp_gpu.py > "$log" 2>&1; rc=$? ;;
     tp2)  # two GPUs: Llama-3-70B TP2, sequential against nb2-ar, each all-reduce implementation (issue 15's script)
