@@ -24,6 +24,7 @@ from nanotune.serve.protocol import BadRequest, GenerationRequest, parse_request
 from nanotune.serve.text import Detokenizer, encode_prompt
 
 RETRY_AFTER_S = 1
+_TEXT_MARK = "\x00nanotune-chunk-text\x00"  # stands for a chunk's text while its JSON around it is built
 
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
@@ -180,11 +181,12 @@ class _Run:
         self.detok = Detokenizer(server.tokenizer, req.stop)
         self.finish_reason: str | None = None
         self.created = int(time.time())  # one stamp for the whole answer, every chunk of a stream included
-        # A stream's chunks differ only in their text while the request runs: the rest of the JSON is made
-        # once (the server writes one chunk per stream per engine step, so this is its busiest line)
-        head = json.dumps(self.envelope([], True))[:-2]  # '{..., "choices": ['
-        self._mid_chunk = (f"data: {head}{{\"index\": 0, " + ('"delta": {"content": ' if is_chat else '"text": '),
-                           ("}" if is_chat else "") + ', "logprobs": null, "finish_reason": null}]}\n\n')
+        # A stream's chunks differ only in their text while the request runs: the rest of the JSON is made once
+        # (the server writes one chunk per stream per engine step, so this is its busiest line), from the chunk
+        # envelope() and choice() build around a marker text, so their layout has one owner
+        marked = self.chunk_json(_TEXT_MARK, is_first=False)
+        head, tail = marked.split(json.dumps(_TEXT_MARK))
+        self._mid_chunk = (f"data: {head}", f"{tail}\n\n")
 
     def take(self, ev: EngineEvent) -> str:
         """Account one engine event; returns the text it adds. Ends the request at a stop string."""
@@ -238,12 +240,17 @@ class _Run:
         return web.json_response({**self.envelope([self.choice("".join(parts), False)], False),
                                   "usage": self.usage()})
 
+    def chunk_json(self, text: str, is_first: bool) -> str:
+        """The JSON of one stream chunk carrying `text`."""
+        return json.dumps(self.envelope([self.choice(text, True, is_first)], True))
+
     def chunk(self, text: str, is_first: bool) -> bytes:
-        """One SSE event carrying `text` (the JSON of envelope(choice(text, True, is_first)))."""
+        """One SSE event carrying `text`: chunk_json's, from the pre-built halves while nothing but the text
+        differs (no finish reason yet; not a chat stream's first chunk, which carries the role)."""
         if self.finish_reason is None and not (is_first and self.is_chat):
             head, tail = self._mid_chunk
             return f"{head}{json.dumps(text)}{tail}".encode()
-        return f"data: {json.dumps(self.envelope([self.choice(text, True, is_first)], True))}\n\n".encode()
+        return f"data: {self.chunk_json(text, is_first)}\n\n".encode()
 
     async def stream(self, request: web.Request, events: asyncio.Queue) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
