@@ -12,6 +12,13 @@ says which op), steps that never wait at the host. A warm-up pass over the same 
 compiles and captures first. Writes model_gap.json (search's validation block, the prediction, the
 environment). Needs a CUDA GPU; --device cpu runs the code path with a tiny model and a synthetic profile
 (tests/test_model_gap_script.py; its numbers mean nothing).
+
+Before the validation, `--bench-passes` runs the same requests through `nanotune bench`'s in-process path
+(the runner power_bound.py uses) on one fresh engine, pass after pass: the first pass is what a one-shot
+`bench` measures (it compiles and captures mixed-step graphs as it meets their buckets), the later ones are
+warm. Each pass keeps every step's wall interval, host and wait time, and whether it captured a graph, so the
+difference between bench and validation splits into capture cost (cold against warm pass) and harness cost
+(warm pass against the validation's measured pass).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ def main() -> int:
     ap.add_argument("--max-num-seqs", type=int, default=512)
     ap.add_argument("--gpu-memory-gib", type=float, help="card memory when the profile's GPU is not known")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--bench-passes", type=int, default=2, help="bench in-process passes before the "
+                    "validation, on one fresh engine (0: none)")
+    ap.add_argument("--warmups", type=int, default=8, help="bench warm-up requests per pass (as power_bound.py)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
     if not args.out:
@@ -62,6 +72,7 @@ def run(args) -> int:
     plan = resolve_plan(args.plan, ctx.profile.num_sms)
     predicted = evaluate(ctx, plan, args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
     print(f"predicted (scheduler replay): {predicted.throughput:,.0f} tok/s", flush=True)
+    passes = bench_passes(args, ctx, info["model"], plan) if args.bench_passes > 0 else []
     validation = validate_plans([(args.plan, plan, args.max_num_batched_tokens, args.max_num_seqs)], ctx,
                                 info["model"], list(ctx.lengths), device=args.device)
     out = Path(args.out)
@@ -69,7 +80,8 @@ def run(args) -> int:
     write_json_atomic(out / "model_gap.json", {
         "schema": "nanotune.model-gap/1", "command": " ".join(sys.argv), "environment": environment(),
         "model": info["model"], "workload": args.workload, "num_requests": len(ctx.lengths), "plan": args.plan,
-        "profile": info["profile_source"], "predicted_replay": predicted.summary(), "validation": validation})
+        "profile": info["profile_source"], "predicted_replay": predicted.summary(), "bench_passes": passes,
+        "validation": validation})
     row = validation["plans"][0]
     m, p = row["measured"], row["predicted"]
     print(f"measured {m['total_token_throughput']:,.0f} tok/s in {m['duration_s']:.2f} s "
@@ -78,6 +90,81 @@ def run(args) -> int:
           f"in {p['duration_s']:.2f} s; iteration MAPE {row['iteration_mape']:.1%}")
     print(f"wrote {out / 'model_gap.json'}")
     return 0
+
+
+def bench_passes(args, ctx, model: str, plan) -> list[dict]:
+    """`args.bench_passes` bench runs (in-process, offline) of the workload on one fresh engine; per pass the
+    bench's metrics and a per-step breakdown (see the module docstring)."""
+    import gc
+    import time
+
+    import torch
+
+    import workloads
+    from engine import EngineConfig, LLMEngine
+    from nanotune.bench.experiments import run_one
+
+    trace = workloads.drop_unrunnable(workloads.parse_workload(args.workload, args.num_requests, 0).load(),
+                                      ctx.max_model_len)
+    engine = LLMEngine(EngineConfig(model=model, device=args.device, max_num_batched_tokens=args.max_num_batched_tokens,
+                                    max_num_seqs=args.max_num_seqs, block_size=ctx.block_size,
+                                    gpu_memory_fraction=ctx.gpu_memory_fraction, kv_cache_dtype=ctx.kv_cache_dtype))
+    engine.set_plan(plan)
+
+    def num_graphs(runner=engine.runner) -> int:  # mixed-step graphs captured so far (engine/mixed_graphs.py)
+        mixed = getattr(runner, "mixed_graphs", None)
+        return len(mixed.graphs) if mixed is not None else 0
+
+    out = []
+    for i in range(args.bench_passes):
+        steps = []
+
+        def observe(r, steps=steps):  # called at the end of each step, after its launch
+            steps.append((time.perf_counter(), r.host_s, r.wait_s, r.replayed, num_graphs(), r.num_tokens,
+                          r.num_decode))
+        engine.add_observer(observe)
+        try:
+            r = run_one(engine, f"{args.workload}-pass{i}", trace, None, args.warmups, args.device)
+        finally:
+            engine.remove_observer(observe)
+        measured = steps[len(steps) - (r["num_steps"] or 0) - 1:]  # the measured phase (and the step before
+        # it, for the first interval); the warm-up's steps come first
+        row = {"pass": i, "metrics": r["metrics"], "backend": r["backend"], "steps": step_breakdown(measured)}
+        out.append(row)
+        m, b = r["metrics"], row["steps"]
+        print(f"bench pass {i}: {m['total_token_throughput']:,.0f} tok/s in {m['duration']:.2f} s, "
+              f"{b['num_steps']} steps, {b['num_capture_steps']} captured a graph "
+              f"({b['capture_steps_s']:.2f} s of step intervals), host {b['host_s']:.2f} s, "
+              f"wait {b['wait_s']:.2f} s, host-bound steps {b['host_bound_steps']:.0%}", flush=True)
+    engine.close()
+    del engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
+
+
+def step_breakdown(steps: list[tuple]) -> dict:
+    """Per-step rows (end time, host s, wait s, replayed, graphs so far, tokens, decode rows), the first only
+    marking where the second's interval starts -> totals, the steps that captured a graph (their interval
+    from the step before), and the slowest intervals."""
+    from nanotune.search.validate import HOST_BOUND_WAIT_MS
+
+    rows = []
+    for k in range(1, len(steps)):
+        t, host, wait, replayed, graphs, tokens, decode = steps[k]
+        rows.append({"step": k, "interval_ms": 1e3 * (t - steps[k - 1][0]), "host_ms": 1e3 * host,
+                     "wait_ms": 1e3 * wait, "replayed": replayed, "captured": graphs > steps[k - 1][4],
+                     "num_tokens": tokens, "num_decode": decode})
+    cap = [r for r in rows if r["captured"]]
+    n = max(len(rows), 1)
+    return {"num_steps": len(rows), "host_s": sum(r["host_ms"] for r in rows) / 1e3,
+            "wait_s": sum(r["wait_ms"] for r in rows) / 1e3,
+            "host_bound_steps": sum(1 for r in rows if r["wait_ms"] < HOST_BOUND_WAIT_MS) / n,
+            "intervals_s": sum(r["interval_ms"] for r in rows) / 1e3,
+            "num_capture_steps": len(cap), "capture_steps_s": sum(r["interval_ms"] for r in cap) / 1e3,
+            "capture_steps": cap[:64],
+            "slowest": sorted(rows, key=lambda r: -r["interval_ms"])[:32]}
 
 
 if __name__ == "__main__":

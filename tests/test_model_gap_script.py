@@ -26,3 +26,9 @@ def test_model_gap_runs_validation_for_one_plan(tmp_path):
     assert row["label"] == "sequential" and row["measured"]["num_iterations"] >= 5
     assert row["measured"]["total_token_throughput"] > 0 and r["predicted_replay"]["total_token_throughput"] > 0
     assert r["environment"] and "measured" in proc.stdout
+    # the bench's in-process passes on one fresh engine, the same requests, every step accounted for
+    assert [p["pass"] for p in r["bench_passes"]] == [0, 1]
+    for p in r["bench_passes"]:
+        assert p["metrics"]["completed"] == 6 and p["metrics"]["total_token_throughput"] > 0
+        assert p["steps"]["num_steps"] >= 5 and p["steps"]["intervals_s"] > 0
+        assert p["steps"]["num_capture_steps"] == 0  # CPU: no CUDA graphs
