@@ -120,12 +120,15 @@ def bench_passes(args, ctx, model: str, plan) -> list[dict]:
         return len(mixed.graphs) if mixed is not None else 0
 
     out = []
+    compiles: list[str] = []  # every Triton compile in this process from here on: kernel and specialization
+    set_compile_hook(lambda **kw: compiles.append(f"{kw.get('repr', '?')} {(kw.get('compile') or {}).get('constants')}"))
     for i in range(args.bench_passes):
         steps = []
 
         def observe(r, steps=steps):  # called at the end of each step, after its launch
             steps.append((time.perf_counter(), r.host_s, r.wait_s, r.replayed, num_graphs(), r.num_tokens,
-                          r.num_decode))
+                          r.num_decode, list(compiles)))
+            compiles.clear()
         engine.add_observer(observe)
         try:
             r = run_one(engine, f"{args.workload}-pass{i}", trace, None, args.warmups, args.device)
@@ -138,10 +141,21 @@ def bench_passes(args, ctx, model: str, plan) -> list[dict]:
         m, b = r["metrics"], row["steps"]
         print(f"bench pass {i}: {m['total_token_throughput']:,.0f} tok/s in {m['duration']:.2f} s, "
               f"{b['num_steps']} steps, {b['num_capture_steps']} captured a graph "
-              f"({b['capture_steps_s']:.2f} s of step intervals), host {b['host_s']:.2f} s, "
+              f"({b['capture_steps_s']:.2f} s of step intervals), {b['num_compiles']} Triton compiles in "
+              f"{b['num_compile_steps']} steps ({b['compile_steps_s']:.2f} s), host {b['host_s']:.2f} s, "
               f"wait {b['wait_s']:.2f} s, host-bound steps {b['host_bound_steps']:.0%}", flush=True)
     engine.close()
+    set_compile_hook(None)
     return out
+
+
+def set_compile_hook(fn) -> None:
+    """Triton's post-compile hook (triton.knobs, Triton >= 3.4): fn(repr=..., ...) after each JIT compile."""
+    try:
+        from triton import knobs
+    except ImportError:  # no Triton, or one without knobs: compiles are not listed
+        return
+    knobs.runtime.jit_post_compile_hook = fn
 
 
 def free_memory() -> None:
@@ -156,18 +170,20 @@ def free_memory() -> None:
 
 
 def step_breakdown(steps: list[tuple]) -> dict:
-    """Per-step rows (end time, host s, wait s, replayed, graphs so far, tokens, decode rows), the first only
+    """Per-step rows (end time, host s, wait s, replayed, graphs so far, tokens, decode rows, Triton compiles
+    in it), the first only
     marking where the second's interval starts -> totals, the steps that captured a graph (their interval
     from the step before), and the slowest intervals."""
     from nanotune.search.validate import HOST_BOUND_WAIT_MS
 
     rows = []
     for k in range(1, len(steps)):
-        t, host, wait, replayed, graphs, tokens, decode = steps[k]
+        t, host, wait, replayed, graphs, tokens, decode, compiled = steps[k]
         rows.append({"step": k, "interval_ms": 1e3 * (t - steps[k - 1][0]), "host_ms": 1e3 * host,
                      "wait_ms": 1e3 * wait, "replayed": replayed, "captured": graphs > steps[k - 1][4],
-                     "num_tokens": tokens, "num_decode": decode})
+                     "num_tokens": tokens, "num_decode": decode, "compiled": [c[:1500] for c in compiled]})
     cap = [r for r in rows if r["captured"]]
+    comp = [r for r in rows if r["compiled"]]
     n = max(len(rows), 1)
     return {"num_steps": len(rows), "host_s": sum(r["host_ms"] for r in rows) / 1e3,
             "wait_s": sum(r["wait_ms"] for r in rows) / 1e3,
@@ -175,6 +191,8 @@ def step_breakdown(steps: list[tuple]) -> dict:
             "intervals_s": sum(r["interval_ms"] for r in rows) / 1e3,
             "num_capture_steps": len(cap), "capture_steps_s": sum(r["interval_ms"] for r in cap) / 1e3,
             "capture_steps": cap[:64],
+            "num_compile_steps": len(comp), "num_compiles": sum(len(r["compiled"]) for r in comp),
+            "compile_steps_s": sum(r["interval_ms"] for r in comp) / 1e3, "compile_steps": comp[:64],
             "slowest": sorted(rows, key=lambda r: -r["interval_ms"])[:32]}
 
 
