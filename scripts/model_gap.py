@@ -121,7 +121,8 @@ def bench_passes(args, ctx, model: str, plan) -> list[dict]:
 
     out = []
     compiles: list[str] = []  # every Triton compile in this process from here on: kernel and specialization
-    set_compile_hook(lambda **kw: compiles.append(f"{kw.get('repr', '?')} {(kw.get('compile') or {}).get('constants')}"))
+    set_compile_hook(lambda **kw: compiles.append(f"{kw.get('repr', '?')} "
+                                                  f"{(kw.get('compile') or {}).get('constants')}"))
     for i in range(args.bench_passes):
         steps = []
 
