@@ -24,6 +24,16 @@ from engine.request import PENDING_TOKEN
 from engine.scheduler import ScheduledBatch
 from engine.sizing import DECODE_ROW_ALIGN
 
+# Every section of the static buffers starts at a multiple of ALIGN elements (16 bytes of int32, 32 of int64).
+# Triton compiles a kernel variant per argument pointer's 16-byte alignment, so a section whose start moved
+# with the batch's shape (an eager step's block-table width, a bucket's decode rows) compiled a new variant in
+# the middle of a run, a 1-2 s stall each (scripts/model_gap.py lists the compiles per step).
+ALIGN = 4
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -58,11 +68,12 @@ class BatchBuilder:
         mb = max_blocks_per_seq
         self.max_decode_rows = -(-max_seqs // DECODE_ROW_ALIGN) * DECODE_ROW_ALIGN
         # ids | positions | slots (rows each), then logits rows, fix rows, fix sources (<= rows each)
-        n64 = 6 * max(max_rows, self.max_decode_rows)
+        n64 = 6 * max(max_rows, self.max_decode_rows) + 3 * ALIGN
         # decode block tables | context lens, then per prefill instance: cu_seqlens | seq lens | block tables
         # (a piece per prefill sequence: at most max_seqs of them, or a graph layout's graph_pieces)
         pieces = max(max_seqs, graph_pieces)
-        n32 = self.max_decode_rows * (mb + 1) + len(self.prefill_ranges) * (pieces * (mb + 2) + 1)
+        n32 = (self.max_decode_rows * (mb + 1) + len(self.prefill_ranges) * (pieces * (mb + 2) + 1)
+               + (2 + 3 * len(self.prefill_ranges)) * ALIGN)
         pin = device.type == "cuda"
         self.dev64 = torch.zeros(n64, dtype=torch.int64, device=device)
         self.dev32 = torch.zeros(n32, dtype=torch.int32, device=device)
@@ -119,12 +130,14 @@ class BatchBuilder:
             self.copied[k].synchronize()  # the copy that last read this host buffer (two steps ago) is done
         h64, h32 = self.host64[k].numpy(), self.host32[k].numpy()
         T, D, W, bs = lay.rows, lay.decode_rows, lay.width, self.bs
-        ids, pos, slots = h64[:T], h64[T : 2 * T], h64[2 * T : 3 * T]
+        T8 = _aligned(T)  # every section starts 16-byte aligned (see ALIGN)
+        ids, pos, slots = h64[:T], h64[T8 : T8 + T], h64[2 * T8 : 2 * T8 + T]
         ids[:] = 0
         pos[:] = 0
         slots[:] = -1
+        c0 = _aligned(D * W)  # decode context lens
         bt = h32[: D * W].reshape(D, W)
-        ctx = h32[D * W : D * (W + 1)]
+        ctx = h32[c0 : c0 + D]
         nd = batch.num_decode
         fix_rows = fix_src = ()
         if nd:
@@ -158,16 +171,18 @@ class BatchBuilder:
                 logits.append(np.array([row - 1], np.int64))
         logits = np.concatenate(logits)
         nl, nf = len(logits), len(fix_rows)
-        tail = h64[3 * T : 3 * T + nl + 2 * nf]
+        tail = h64[3 * T8 : 3 * T8 + nl + 2 * nf]
         tail[:nl] = logits
         tail[nl : nl + nf] = fix_rows
         tail[nl + nf :] = fix_src
-        off = D * (W + 1)
+        off = _aligned(c0 + D)
         views = []
         for (a, b), lo, hi, pieces, max_q in metas:
             p = lay.pieces or len(pieces)
-            cu, lens = h32[off : off + p + 1], h32[off + p + 1 : off + 2 * p + 1]
-            pbt = h32[off + 2 * p + 1 : off + 2 * p + 1 + p * self.max_blocks].reshape(p, self.max_blocks)
+            l0 = _aligned(off + p + 1)
+            b0 = _aligned(l0 + p)
+            cu, lens = h32[off : off + p + 1], h32[l0 : l0 + p]
+            pbt = h32[b0 : b0 + p * self.max_blocks].reshape(p, self.max_blocks)
             cu[0] = 0
             for j, (req, rows_in, ctx_end) in enumerate(pieces):
                 cu[j + 1] = cu[j] + rows_in
@@ -176,23 +191,23 @@ class BatchBuilder:
             cu[len(pieces) + 1 :] = cu[len(pieces)]
             lens[len(pieces) :] = 0
             pbt[len(pieces) :] = 0
-            views.append(((a, b), lo, hi, off, p, max_q))
-            off += 2 * p + 1 + p * self.max_blocks
-        n64 = 3 * T + nl + 2 * nf
+            views.append(((a, b), lo, hi, (off, l0, b0), p, max_q))
+            off = _aligned(b0 + p * self.max_blocks)
+        n64 = 3 * T8 + nl + 2 * nf
         d64, d32 = self.dev64, self.dev32
         d64[:n64].copy_(self.host64[k][:n64], non_blocking=True)
         d32[:off].copy_(self.host32[k][:off], non_blocking=True)
         if self.device.type == "cuda":
             ev = self.copied[k] = self.copied[k] or torch.cuda.Event()
             ev.record()
-        fb = ForwardBatch(num_tokens=T, num_decode=D, input_ids=d64[:T], positions=d64[T : 2 * T],
-                          slot_mapping=d64[2 * T : 3 * T], decode_block_tables=d32[: D * W].view(D, W),
-                          decode_context_lens=d32[D * W : D * (W + 1)], logits_rows=d64[3 * T : 3 * T + nl])
-        fill_pending(fb.input_ids, d64[3 * T + nl : 3 * T + nl + nf], d64[3 * T + nl + nf : n64], prev)
+        fb = ForwardBatch(num_tokens=T, num_decode=D, input_ids=d64[:T], positions=d64[T8 : T8 + T],
+                          slot_mapping=d64[2 * T8 : 2 * T8 + T], decode_block_tables=d32[: D * W].view(D, W),
+                          decode_context_lens=d32[c0 : c0 + D], logits_rows=d64[3 * T8 : 3 * T8 + nl])
+        fill_pending(fb.input_ids, d64[3 * T8 + nl : 3 * T8 + nl + nf], d64[3 * T8 + nl + nf : n64], prev)
         mb = self.max_blocks
-        for rng, lo, hi, o, p, max_q in views:
-            fb.prefill[rng] = PrefillMeta(lo, hi, d32[o : o + p + 1], d32[o + p + 1 : o + 2 * p + 1],
-                                          d32[o + 2 * p + 1 : o + 2 * p + 1 + p * mb].view(p, mb), max_q)
+        for rng, lo, hi, (o, lo32, bo), p, max_q in views:
+            fb.prefill[rng] = PrefillMeta(lo, hi, d32[o : o + p + 1], d32[lo32 : lo32 + p],
+                                          d32[bo : bo + p * mb].view(p, mb), max_q)
         return fb
 
     def _pieces(self, batch: ScheduledBatch, lay: Layout) -> list | None:

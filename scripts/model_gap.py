@@ -121,8 +121,10 @@ def bench_passes(args, ctx, model: str, plan) -> list[dict]:
 
     out = []
     compiles: list[str] = []  # every Triton compile in this process from here on: kernel and specialization
-    set_compile_hook(lambda **kw: compiles.append(f"{kw.get('repr', '?')} "
-                                                  f"{(kw.get('compile') or {}).get('constants')}"))
+    def on_compile(**kw):  # the kernel, its constexprs and its arguments' specializations (alignment, ...)
+        c = kw.get("compile") or {}
+        compiles.append(f"{kw.get('repr', '?')} constants={c.get('constants')} attrs={c.get('configs')}")
+    set_compile_hook(on_compile)
     for i in range(args.bench_passes):
         steps = []
 

@@ -131,6 +131,19 @@ def test_prefill_triton_matches_ref(dtype, group):
     assert_close(out, ref, dtype)
 
 
+@needs_triton
+def test_prefill_triton_more_sequences_than_a_chunk():
+    """37 sequences: the kernel finds a program's sequence 16 at a time (S_CHUNK), so tiles of sequences in
+    the second and third chunk, and chunk boundaries falling inside and between them, are all exercised."""
+    rng = random.Random(3)
+    chunks = [(rng.randint(0, 40), rng.randint(1, 12)) for _ in range(37)]
+    q, kc, vc, bt, sl, cu, _, _, mq = _prefill_case(chunks, 4, 2, 32, 16, torch.float32, DEV, seed=7)
+    ref = pa.prefill_attention_ref(q, kc, vc, bt, sl, cu, 0.2, max_seqlen_q=mq)
+    out = torch.full_like(q, float("nan"))
+    pa.prefill_attention(q, kc, vc, bt, sl, cu, 0.2, max_seqlen_q=mq, out=out)
+    assert_close(out, ref, torch.float32)
+
+
 # ---- GPU, Llama-3-8B shapes: 32 query heads, 8 kv heads, head_dim 128, bf16 ----
 
 

@@ -117,21 +117,30 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_cb, stride_ch, stride_ct, stride_bt, stride_ot, stride_oh,
     GROUP: tl.constexpr, G_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW_PAGES: tl.constexpr, DOT_F32: tl.constexpr,
-    PRECISION: tl.constexpr, S_PAD: tl.constexpr, HAS_SCALES: tl.constexpr, WINDOW: tl.constexpr = 0,
+    PRECISION: tl.constexpr, S_CHUNK: tl.constexpr, HAS_SCALES: tl.constexpr, WINDOW: tl.constexpr = 0,
 ):
     # program -> (sequence, query tile): tiles are numbered sequence by sequence, so the grid is the total
     # tile count (bounded on the host by cdiv(tokens, BLOCK_Q) + seqs) whatever the lengths; extra programs
     # and zero-length sequences (CUDA-graph padding) do nothing
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
-    s = tl.arange(0, S_PAD)
-    lo_s = tl.load(cu_q_ptr + s, mask=s < num_seqs, other=0)
-    hi_s = tl.load(cu_q_ptr + s + 1, mask=s < num_seqs, other=0)
-    tiles_s = (hi_s - lo_s + BLOCK_Q - 1) // BLOCK_Q
-    ends = tl.cumsum(tiles_s, axis=0)  # inclusive: tiles of sequences 0..s
-    if pid < tl.sum(tiles_s):
-        seq = tl.sum((ends <= pid).to(tl.int32))  # the first sequence whose tiles reach past pid
-        tile = pid - tl.sum(tl.where(s < seq, tiles_s, 0))
+    # the sequences are read S_CHUNK at a time (one pass for a graph layout's pieces), so one compiled
+    # variant serves every sequence count: a new count mid-run never stalls a step on a compile
+    s = tl.arange(0, S_CHUNK)
+    seq = num_seqs  # none: this program has no tile
+    tile = pid * 0
+    before = pid * 0  # tiles of the sequences before the chunk
+    for c in range(0, num_seqs, S_CHUNK):
+        lo_s = tl.load(cu_q_ptr + c + s, mask=c + s < num_seqs, other=0)
+        hi_s = tl.load(cu_q_ptr + c + s + 1, mask=c + s < num_seqs, other=0)
+        tiles_s = (hi_s - lo_s + BLOCK_Q - 1) // BLOCK_Q
+        after = before + tl.sum(tiles_s)
+        if (pid >= before) & (pid < after):
+            k = tl.sum((before + tl.cumsum(tiles_s, axis=0) <= pid).to(tl.int32))  # first whose tiles pass pid
+            seq = c + k
+            tile = pid - before - tl.sum(tl.where(s < k, tiles_s, 0))
+        before = after
+    if seq < num_seqs:
         q_lo = tl.load(cu_q_ptr + seq)
         q_len = tl.load(cu_q_ptr + seq + 1) - q_lo
         seq_len = tl.load(seq_lens_ptr + seq)
@@ -235,7 +244,7 @@ def prefill_attention(q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q,
         GROUP=group, G_PAD=g_pad, BLOCK_Q=block_q, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_N=block_n,
         WINDOW_PAGES=next_pow2(max(cfg.window_pages, block_n // block_size)),
         DOT_F32=interpreted or q.dtype == torch.float32, PRECISION=dot_precision(q.dtype),
-        S_PAD=max(16, next_pow2(num_seqs)),  # one compiled variant up to 16 sequences (graphs pad to 16)
+        S_CHUNK=16,
         WINDOW=window, HAS_SCALES=k_scale is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
