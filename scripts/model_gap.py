@@ -2,10 +2,11 @@
 code as `nanotune search --validate`) for one plan only, over a whole offline run of the workload.
 
     PYTHONPATH=. python scripts/model_gap.py --out DIR                       # H200: llama-3-8b, ShareGPT 800
-    PYTHONPATH=. python scripts/model_gap.py --workload constant:1024:512 --out DIR
+    PYTHONPATH=. python scripts/model_gap.py --workload constant:1024:512 --no-validate --out DIR
 
-On the committed H200 profile the scheduler replay predicts 22,978 tok/s for 800 ShareGPT requests,
-sequential plan, where power_bound.py measured 16,002 (results/reference/h200/issue16/). The run here holds
+What it found on an H200 is in README ("Measured") and results/reference/h200/issue16/model-gap/.
+
+The run here holds
 every iteration's GPU time (CUDA events) against the model's prediction for that iteration's batch, and keeps
 each step's host time and its wait on the GPU: iterations slower than predicted point at kernels (op_timed_ms
 says which op), steps that never wait at the host. A warm-up pass over the same lengths (another seed)
