@@ -125,7 +125,7 @@ def bench_passes(args, ctx, model: str, plan) -> list[dict]:
     def on_compile(**kw):  # the kernel, its constexprs and its arguments' specializations (alignment, ...)
         c = kw.get("compile") or {}
         compiles.append(f"{kw.get('repr', '?')} constants={c.get('constants')} attrs={c.get('configs')}")
-    set_compile_hook(on_compile)
+    previous_hook = set_compile_hook(on_compile)
     for i in range(args.bench_passes):
         steps = []
 
@@ -149,17 +149,20 @@ def bench_passes(args, ctx, model: str, plan) -> list[dict]:
               f"{b['num_compile_steps']} steps ({b['compile_steps_s']:.2f} s), host {b['host_s']:.2f} s, "
               f"wait {b['wait_s']:.2f} s, host-bound steps {b['host_bound_steps']:.0%}", flush=True)
     engine.close()
-    set_compile_hook(None)
+    set_compile_hook(previous_hook)
     return out
 
 
-def set_compile_hook(fn) -> None:
-    """Triton's post-compile hook (triton.knobs, Triton >= 3.4): fn(repr=..., ...) after each JIT compile."""
+def set_compile_hook(fn):
+    """Set Triton's post-compile hook (triton.knobs, Triton >= 3.4: fn(repr=..., ...) after each JIT compile)
+    and return the one it replaces."""
     try:
         from triton import knobs
     except ImportError:  # no Triton, or one without knobs: compiles are not listed
-        return
+        return None
+    previous = knobs.runtime.jit_post_compile_hook
     knobs.runtime.jit_post_compile_hook = fn
+    return previous
 
 
 def free_memory() -> None:
@@ -175,9 +178,8 @@ def free_memory() -> None:
 
 def step_breakdown(steps: list[tuple]) -> dict:
     """Per-step rows (end time, host s, wait s, replayed, graphs so far, tokens, decode rows, Triton compiles
-    in it), the first only
-    marking where the second's interval starts -> totals, the steps that captured a graph (their interval
-    from the step before), and the slowest intervals."""
+    in it), the first only marking where the second's interval starts -> totals, the steps that captured a
+    graph or compiled a kernel (their interval from the step before), and the slowest intervals."""
     from nanotune.search.validate import HOST_BOUND_WAIT_MS
 
     rows = []
