@@ -151,4 +151,8 @@ class LlamaModel:
         x = self.ws.delta.index_select(0, rows)
         r = self.ws.residual.index_select(0, rows)
         normed, _ = self.k.add_rms_norm(x, r, self.w.final_norm, self.cfg.rms_norm_eps)
+        return self.lm_head(normed)
+
+    def lm_head(self, normed: torch.Tensor) -> torch.Tensor:
+        """normed [S, h] final-normed rows -> fp32 logits [S, V] (a rank's [S, V_r] under tensor parallelism)."""
         return torch.mm(normed, self.w.lm_head.t()).float()

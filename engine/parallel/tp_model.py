@@ -72,8 +72,7 @@ class TPLlamaModel(LlamaModel):
     def logits(self, fb: ForwardBatch) -> torch.Tensor:
         """-> fp32 [num_sampled, V], identical on every rank."""
         if self.tp.fuses_norm:  # the last down all-reduce already applied the final norm to every row
-            normed = self.ws.normed.index_select(0, fb.logits_rows)
-            local = torch.mm(normed, self.w.lm_head.t()).float()
+            local = self.lm_head(self.ws.normed.index_select(0, fb.logits_rows))
         else:
             local = super().logits(fb)  # [S, V_r] from this rank's lm_head rows
         return self.tp.all_gather_last(local)[:, : self.vocab_size]

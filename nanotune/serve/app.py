@@ -24,6 +24,12 @@ from nanotune.serve.protocol import BadRequest, GenerationRequest, parse_request
 from nanotune.serve.text import Detokenizer, encode_prompt
 
 RETRY_AFTER_S = 1
+
+
+def sse(data: str) -> bytes:
+    """One server-sent event carrying `data` (a JSON text, or [DONE])."""
+    return f"data: {data}\n\n".encode()
+
 _TEXT_MARK = "\x00nanotune-chunk-text\x00"  # stands for a chunk's text while its JSON around it is built
 
 
@@ -186,7 +192,7 @@ class _Run:
         # envelope() and choice() build around a marker text, so their layout has one owner
         marked = self.chunk_json(_TEXT_MARK, is_first=False)
         head, tail = marked.split(json.dumps(_TEXT_MARK))
-        self._mid_chunk = (f"data: {head}", f"{tail}\n\n")
+        self._mid_chunk = head, tail
 
     def take(self, ev: EngineEvent) -> str:
         """Account one engine event; returns the text it adds. Ends the request at a stop string."""
@@ -249,8 +255,8 @@ class _Run:
         differs (no finish reason yet; not a chat stream's first chunk, which carries the role)."""
         if self.finish_reason is None and not (is_first and self.is_chat):
             head, tail = self._mid_chunk
-            return f"{head}{json.dumps(text)}{tail}".encode()
-        return f"data: {self.chunk_json(text, is_first)}\n\n".encode()
+            return sse(f"{head}{json.dumps(text)}{tail}")
+        return sse(self.chunk_json(text, is_first))
 
     async def stream(self, request: web.Request, events: asyncio.Queue) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -264,7 +270,7 @@ class _Run:
             while True:
                 if ev.error:  # headers are out: the error goes in the stream, as OpenAI's servers do
                     err = {"error": {"message": ev.error, "type": "server_error", "param": None, "code": 500}}
-                    parts.append(f"data: {json.dumps(err)}\n\n".encode())
+                    parts.append(sse(json.dumps(err)))
                     break
                 text = self.take(ev)
                 if ev.token_ids or self.finish_reason:
@@ -279,7 +285,7 @@ class _Run:
                 break
             ev = await events.get()
         if self.req.include_usage:
-            await resp.write(f"data: {json.dumps({**self.envelope([], True), 'usage': self.usage()})}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
+            await resp.write(sse(json.dumps({**self.envelope([], True), "usage": self.usage()})))
+        await resp.write(sse("[DONE]"))
         await resp.write_eof()
         return resp
